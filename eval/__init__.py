@@ -1,0 +1,1 @@
+"""Evaluation: tasks, checkers, scoring, reports."""

@@ -1,0 +1,57 @@
+"""The `trajtune` command line: one console script, one subcommand per stage.
+
+Each subcommand lives in its own module `trajtune.launcher.cmd_<name>` with `add_arguments(parser)` and
+`run(args) -> int`. Only the chosen command's module is imported, and those import torch, transformers
+or deepspeed inside `run`, so `trajtune --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help). Later stages add their rows here.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "convert": ("trajtune.launcher.cmd_convert", "Convert public datasets into canonical trajectories (JSONL)."),
+    "render": ("trajtune.launcher.cmd_render", "Render trajectories with a chat template and show what is trained."),
+    "build": ("trajtune.launcher.cmd_build", "Tokenize, filter, pack and mix trajectories into a training dataset."),
+    "train": ("trajtune.launcher.cmd_train", "Train (SFT) on a built dataset: one process, deepspeed or torchrun."),
+    "export": ("trajtune.launcher.cmd_export", "Export a checkpoint as a Hugging Face model (safetensors)."),
+}
+
+
+def make_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object | None]:
+    parser = argparse.ArgumentParser(
+        prog="trajtune",
+        description="Turn open LLMs into tool-calling agents: convert, render, build, train.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    module = None
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            module = importlib.import_module(module_name)
+            module.add_arguments(p)
+    return parser, module
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser, module = make_parser(argv)
+    args = parser.parse_args(argv)
+    if module is None:
+        parser.print_help()
+        return 2
+    from trajtune.data_builders.errors import TrajtuneError
+
+    try:
+        return int(module.run(args) or 0)
+    except TrajtuneError as e:
+        print(f"trajtune {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Packaging: the top-level folders are the subpackages of one import namespace, `trajtune`.
+
+`launcher/` imports as `trajtune.launcher`, `data_builders/` as `trajtune.data_builders`, and so on; the root
+`__init__.py` is the `trajtune` package itself. Works for `pip install .`, wheels and `pip install -e .`.
+"""
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+SUBPACKAGES = ["launcher", "trainer", "data_builders", "eval"]
+
+
+class BuildPy(build_py):
+    """Keep this file out of the package: the root folder is `trajtune`, but setup.py is not part of it."""
+
+    def find_package_modules(self, package, package_dir):
+        modules = super().find_package_modules(package, package_dir)
+        return [m for m in modules if not (package == "trajtune" and m[1] == "setup")]
+
+
+setup(
+    name="trajtune",
+    version="0.1.0",
+    description="Turn open LLMs into tool-calling agents: convert, render, build, train, evaluate.",
+    python_requires=">=3.10",
+    packages=["trajtune"] + [f"trajtune.{p}" for p in SUBPACKAGES],
+    package_dir={"trajtune": "."} | {f"trajtune.{p}": p for p in SUBPACKAGES},
+    package_data={"trajtune.data_builders": ["prompt_formats/*.jinja"]},
+    cmdclass={"build_py": BuildPy},
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=4.56",
+        "datasets>=3.0",
+        "deepspeed>=0.16",
+        "sentencepiece",
+        "jsonschema>=4.0",
+        "pyyaml",
+        "rich",
+        "tqdm",
+        "safetensors",
+        "peft",
+        "tensorboard",
+        "matplotlib",
+        "psutil",
+    ],
+    extras_require={
+        "gpu": ["flash-attn>=2.6", "liger-kernel"],
+        "serve": ["fastapi", "uvicorn"],
+        "dev": ["pytest", "ruff", "hypothesis", "build", "trl"],
+    },
+    entry_points={"console_scripts": ["trajtune=trajtune.launcher.cli:main"]},
+)

@@ -23,7 +23,7 @@ setup(
     version="0.1.0",
     description="Turn open LLMs into tool-calling agents: convert, render, build, train, evaluate.",
     python_requires=">=3.10",
-    packages=["trajtune"] + [f"trajtune.{p}" for p in SUBPACKAGES],
+    packages=["trajtune"] + [f"trajtune.{p}" for p in SUBPACKAGES] + ["trajtune.data_builders.converters"],
     package_dir={"trajtune": "."} | {f"trajtune.{p}": p for p in SUBPACKAGES},
     package_data={"trajtune.data_builders": ["prompt_formats/*.jinja"]},
     cmdclass={"build_py": BuildPy},

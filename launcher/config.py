@@ -85,6 +85,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool):
             return value
         raise TrajtuneError(f"{key}: expected true or false, got {value!r}")
+    if tp is float and isinstance(value, str):
+        # YAML 1.1 reads `5e-5` (no dot) as a string; every user writes learning rates that way.
+        try:
+            return float(value)
+        except ValueError:
+            raise TrajtuneError(f"{key}: expected a number, got {value!r}") from None
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if tp is int and isinstance(value, int) and not isinstance(value, bool):
@@ -103,7 +109,7 @@ def build(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
         k = unknown[0]
         close = difflib.get_close_matches(k, fields, n=1)
         hint = f"; did you mean {prefix}{close[0]}?" if close else f"; known keys: {', '.join(fields)}"
-        raise TrajtuneError(f"unknown config key {prefix}{k!r}{hint}")
+        raise TrajtuneError(f"unknown config key '{prefix}{k}'{hint}")
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in values.items()}
     return cls(**kwargs)
 

@@ -27,21 +27,55 @@ _SPECIAL_RE = re.compile(
 _EOT_CANDIDATES = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|end_of_text|>", "<｜end▁of▁sentence｜>", "</s>", "<|user|>")
 
 
+# Role tokens that GLM/ChatGLM3 templates build by concatenation (`'<|' + role + '|>'`, `<|{{ role }}|>`), so
+# the regex above cannot see them; the model emits `<|user|>` / `<|observation|>` to end its turn.
+_GLM_ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")
+_ROLE_CONCAT_RE = re.compile(r"'<\|'\s*\+|<\|\{\{")
+
+
 def special_tokens_of(template: str) -> list[str]:
-    """Special tokens named in a chat template's text, in first-seen order."""
+    """Special tokens named in a chat template's text, in first-seen order (plus GLM-style role tokens when the
+    template builds them by concatenation, and the bos/eos it refers to by variable, see `_bos_eos_of`)."""
     seen: dict[str, None] = {}
     for m in _SPECIAL_RE.finditer(template):
         seen.setdefault(m.group(0), None)
+    if _ROLE_CONCAT_RE.search(template):
+        for t in _GLM_ROLE_TOKENS:
+            seen.setdefault(t, None)
+    bos, eos = _bos_eos_of(template, list(seen))
+    for t in (bos, eos):
+        if t is not None:
+            seen.setdefault(t, None)
     return list(seen)
+
+
+def _bos_eos_of(template: str, specials: list[str]) -> tuple[str | None, str | None]:
+    """The bos/eos a template's model family uses. Templates often write them as the `bos_token`/`eos_token`
+    variables, not literally (Mistral, Llama-2, Phi-4, DeepSeek), so guess the family from its other tokens."""
+    eos = next((t for t in _EOT_CANDIDATES if t in specials), None)
+    if "eos_token" in template:
+        if "<|end|>" in specials:
+            eos = "<|endoftext|>"  # Phi: turns end with <|end|>, the sequence with <|endoftext|>
+        elif eos is None or "[INST]" in specials:
+            eos = "</s>"  # sentencepiece families (Llama-2, Mistral)
+    bos = None
+    if "<s>" in specials:
+        bos = "<s>"
+    elif "bos_token" in template:
+        if any(t.startswith("<｜") for t in specials):
+            bos = "<｜begin▁of▁sentence｜>"
+        elif "<|im_start|>" in specials or "<|eot_id|>" in specials:
+            bos = "<|begin_of_text|>"  # Llama-3 (and Hermes-2-Pro on Llama-3)
+        else:
+            bos = "<s>"
+    return bos, eos
 
 
 def _wrap(tokenizer_object, template: str | None, specials: list[str]):
     from transformers import PreTrainedTokenizerFast
 
-    eos = next((t for t in _EOT_CANDIDATES if t in specials), None)
-    tok = PreTrainedTokenizerFast(tokenizer_object=tokenizer_object, eos_token=eos, pad_token=eos, bos_token=None)
-    if "<s>" in specials:
-        tok.bos_token = "<s>"
+    bos, eos = _bos_eos_of(template or "", specials)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tokenizer_object, eos_token=eos, pad_token=eos, bos_token=bos)
     if template is not None:
         tok.chat_template = template
     return tok

@@ -142,8 +142,9 @@ def _normalise_arguments(args: Any, where: str) -> dict[str, Any]:
     return args
 
 
-def _check_arguments(args: dict[str, Any], params: dict[str, Any], where: str) -> None:
-    validator = _schema_validator(json.dumps(params, sort_keys=True))
+def _check_arguments(args: dict[str, Any], params: dict[str, Any], where: str, validator=None) -> None:
+    if validator is None:
+        validator = _schema_validator(json.dumps(params, sort_keys=True))
     error = next(iter(sorted(validator.iter_errors(args), key=lambda e: list(e.absolute_path))), None)
     if error is not None:
         path = "/".join(str(p) for p in error.absolute_path) or "(top level)"
@@ -164,6 +165,7 @@ def validate_record(obj: Any) -> Trajectory:
         raise InvalidRecord("no_messages", "`messages` is missing" if messages is None else "`messages` must be a non-empty list")
     tools = _normalise_tools(obj.get("tools"))
     params_by_name = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
+    validators: dict[str, Any] = {}  # compiled once per tool per record: schema keys cost a json.dumps each
 
     seen_ids: set[str] = set()
     open_ids: list[str] = []  # calls not yet answered, in call order
@@ -198,7 +200,9 @@ def validate_record(obj: Any) -> Trajectory:
                     known = ", ".join(sorted(params_by_name)) or "none"
                     raise InvalidRecord("undefined_tool", f"{cwhere} calls {name!r}, which `tools` does not define (defined: {known})")
                 args = _normalise_arguments(fn.get("arguments", {}), f"{cwhere} ({name})")
-                _check_arguments(args, params_by_name[name], f"{cwhere} ({name})")
+                if name not in validators:
+                    validators[name] = _schema_validator(json.dumps(params_by_name[name], sort_keys=True))
+                _check_arguments(args, params_by_name[name], f"{cwhere} ({name})", validators[name])
                 call_id = call.get("id")
                 if not isinstance(call_id, str) or not call_id:
                     while f"call_{next_id}" in seen_ids:

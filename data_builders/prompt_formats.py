@@ -1,0 +1,112 @@
+"""Built-in tool prompt formats, for models whose own chat template has no tools (`--prompt-format F`).
+
+- `tool-prompt`: tools are listed as Markdown in the system prompt (prompt_formats/tool-prompt.jinja); a
+  call is a ```json {"name": ..., "parameters": {...}}``` block; a tool result comes back as a user turn.
+- `react`: AgentInstruct's ReAct (prompt_formats/react.jinja): the assistant writes `Thought:` then
+  `Action:` / `Action Input:`, results come back as `Observation:` user turns, the answer is `Final Answer:`.
+  One action per step, so parallel calls become call/observation pairs.
+- `chatglm3`: ChatGLM3-6B's tool format, a whole chat template (prompt_formats/chatglm3.jinja) that replaces
+  the tokenizer's: tools as JSON on the system turn, `<|assistant|>name` + ```python tool_call(k=v)```,
+  results as `<|observation|>` turns.
+
+`apply_prompt_format(record, name)` returns the record rewritten for the format (tool-prompt and react:
+no tools, no tool_calls, no tool role left, so any chat template renders it) and the chat template to use
+instead of the tokenizer's (None = keep the tokenizer's). Loss flags travel with their messages.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from trajtune.data_builders.errors import TrajtuneError
+from trajtune.data_builders.trajectory import Message, Trajectory
+
+FORMATS_DIR = Path(__file__).resolve().parent / "prompt_formats"
+PROMPT_FORMATS = {
+    "tool-prompt": "tools as Markdown in the system prompt, calls as ```json``` blocks, results as user turns",
+    "react": "Thought / Action / Action Input / Observation (AgentInstruct), results as user turns",
+    "chatglm3": "ChatGLM3-6B's tool format (<|observation|> turns), as a whole chat template",
+}
+
+
+@lru_cache(maxsize=8)
+def format_template(name: str) -> str:
+    """The text of prompt_formats/<name>.jinja."""
+    if name not in PROMPT_FORMATS:
+        raise TrajtuneError(f"unknown prompt format {name!r}; choose one of {', '.join(PROMPT_FORMATS)}")
+    return (FORMATS_DIR / f"{name}.jinja").read_text()
+
+
+def _system_prompt(name: str, system: str, tools: list) -> str:
+    from trajtune.data_builders.template_profile import _compiled
+
+    return _compiled(format_template(name)).render(system=system, tools=tools).strip()
+
+
+def _loss(src: Message, out: dict) -> dict:
+    if "loss" in src:
+        out["loss"] = src["loss"]
+    return out
+
+
+def apply_prompt_format(record: Trajectory, name: str) -> tuple[Trajectory, str | None]:
+    """`record` rewritten for prompt format `name`, and the chat template that replaces the tokenizer's (or None).
+
+    Example: `apply_prompt_format(rec, "react")[0]["messages"][0]["content"]` starts with the ReAct prompt."""
+    from trajtune.data_builders.render import _interleave_results, format_calls
+
+    format_template(name)  # validates the name
+    where = f"record {record.get('id', '?')} (prompt format {name})"
+    tools = record.get("tools") or []
+    messages = record["messages"]
+    one_call = name in ("react", "chatglm3")
+    pairs = _interleave_results(list(messages)) if one_call else list(enumerate(messages))
+
+    if name == "chatglm3":
+        out: list[dict] = []
+        for _, m in pairs:
+            calls = m.get("tool_calls") or []
+            if m["role"] == "assistant" and calls:
+                fn_name, _, body = format_calls(calls, "chatglm3", where).partition("\n")
+                call = _loss(m, {"role": "assistant", "metadata": fn_name, "content": body})
+                if m.get("content"):  # text, then `<|assistant|>name` for the call, in one generation (as ChatGLM3)
+                    out.append(_loss(m, {"role": "assistant", "content": m["content"]}))
+                    call["continues_turn"] = True
+                out.append(call)
+            elif m["role"] == "tool":
+                out.append(_loss(m, {"role": "observation", "content": m.get("content") or ""}))
+            else:
+                out.append(_loss(m, {"role": m["role"], "content": m.get("content") or ""}))
+        # Tools stay on the record: the renderer puts them on the system turn, where chatglm3.jinja reads them.
+        return {**record, "messages": out}, format_template(name)
+
+    out = []
+    system = ""
+    for _, m in pairs:
+        role, content = m["role"], m.get("content") or ""
+        calls = m.get("tool_calls") or []
+        if role == "system" and not out and not system:
+            system = content
+            continue
+        if role == "assistant" and calls:
+            if name == "react":
+                text = format_calls(calls, "react", where)
+                text = f"Thought: {content}\n{text}" if content else text
+            else:
+                text = format_calls(calls, "json_block", where)
+                text = f"{content}\n{text}" if content else text
+            out.append(_loss(m, {"role": "assistant", "content": text}))
+        elif role == "assistant" and name == "react" and tools:
+            out.append(_loss(m, {"role": "assistant", "content": f"Final Answer: {content}"}))
+        elif role == "tool":
+            text = f"Observation: {content}" if name == "react" else f"Result of {m.get('name') or 'the tool'}:\n{content}"
+            out.append(_loss(m, {"role": "user", "content": text}))
+        else:
+            out.append(_loss(m, {"role": role, "content": content}))
+    if tools:
+        system = _system_prompt(name, system, tools)
+    if system:
+        out.insert(0, {"role": "system", "content": system})
+    return {**record, "tools": [], "messages": out}, None
+

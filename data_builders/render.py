@@ -1,0 +1,484 @@
+"""Render a canonical trajectory with a model's own chat template, with a loss mask that is verified per record.
+
+`render_with_mask(record, tokenizer)` returns the full text, its token ids, a 0/1 loss mask and the trained
+character spans. Trained = exactly what the model generates at inference (DESIGN.md): for each trained
+assistant message, the text after the generation prompt through the end-of-turn token.
+
+The proof (`_spans_by_prefix`, always used with `exhaustive=True`): for every trained message `i`,
+`messages[:i]` rendered with `add_generation_prompt=True` must be a prefix of the full render (or, where a
+template writes history slightly differently, its generation header must be found right where the two
+part); the span starts there and ends with the first stop token after it; `messages[:i+1]` rendered alone
+must give exactly that text (or end with it, when only the last turn gets a preamble such as Qwen3's empty
+`<think></think>`); and the span must hold the message's content and every call's name. Anything else
+raises RenderError naming template and message: never a silent wrong mask, never an all-zero mask.
+The default path (`_spans_by_header`) needs one render: the k-th assistant turn starts after the k-th
+occurrence of the template's generation header. It is used only for templates where it agrees with the
+proof on the whole battery (render_check.py), and only when the header count, span ends and content all
+check out on the record; otherwise the proof runs.
+
+How a template wants tools and calls is measured once by `template_profile.py`. Templates that ignore
+`tool_calls` get the calls as text in the model's own syntax (`tool_calls.format_tool_calls`); templates
+with no tools at all need a prompt format (`prompt_formats.py`). The full text is tokenized once; a token
+straddling a span edge is an error (training would see tokens inference never produces), never a guess.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from trajtune.data_builders.errors import TrajtuneError
+from trajtune.data_builders.template_profile import (  # noqa: F401  (render_text is part of this module's API)
+    TemplateProfile,
+    _try,
+    _with_call,
+    profile_template,
+    render_text,
+)
+from trajtune.data_builders.tokenizer import _ROLE_CONCAT_RE
+from trajtune.data_builders.trajectory import Trajectory, message_trained
+
+# Tokens after which the model stops: end-of-turn tokens, and for GLM/ChatGLM3 the role token it emits next.
+STOP_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<|end_of_text|>", "<｜end▁of▁sentence｜>",
+               "</s>", "<|endoftext|>", "<|user|>", "<|observation|>")
+
+REASONS = {
+    "template_cannot_express": "the chat template has no way to show this record (tools, a call, content + call)",
+    "template_error": "the chat template raised an error on this record",
+    "not_prefix_stable": "the template renders history differently from a generation prompt, so no exact mask",
+    "mask_mismatch": "the trained span is not the assistant message's own text",
+    "token_straddles_boundary": "a token spans both trained and untrained text",
+    "nothing_trained": "the record has no trained assistant message",
+}
+
+
+@dataclass
+class Rendered:
+    text: str  # the full rendered conversation
+    input_ids: list[int]
+    loss_mask: list[int]  # 1 = trained token, same length as input_ids
+    trained_spans: list[tuple[int, int]]  # character offsets into text, [start, end)
+
+
+class RenderError(TrajtuneError):
+    """A record the template cannot express, or cannot be masked exactly. `reason` is a key of REASONS."""
+
+    def __init__(self, reason: str, detail: str):
+        assert reason in REASONS, reason
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _special_kwargs(tokenizer) -> dict[str, str]:
+    # A missing bos/eos renders as "" (apply_chat_template leaves it undefined, which renders the same).
+    return {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
+
+
+def template_name(tokenizer) -> str:
+    return getattr(tokenizer, "name_or_path", "") or "the chat template"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Record -> the messages this template wants (each remembers its source message and whether it trains)
+
+
+@dataclass
+class _Msg:
+    msg: dict  # what the template sees
+    src: int  # index of the canonical message it comes from
+    trained: bool
+    cont: bool = False  # continues the previous assistant turn in the same generation (GLM: text, then a call)
+
+
+def _interleave_results(messages: list[dict]) -> list[tuple[int, dict]]:
+    """For one-call-per-turn formats: an assistant turn with N calls followed by its N results becomes
+    N (call, result) pairs, each result placed right after its call (matched by tool_call_id)."""
+    out: list[tuple[int, dict]] = []
+    i = 0
+    while i < len(messages):
+        m = messages[i]
+        calls = m.get("tool_calls") or []
+        if m["role"] != "assistant" or len(calls) < 2:
+            out.append((i, m))
+            i += 1
+            continue
+        results = list(range(i + 1, j := _end_of_results(messages, i + 1)))
+        for k, call in enumerate(calls):  # content, if any, stays with the first call
+            out.append((i, {**m, "tool_calls": [call], "content": m.get("content") if k == 0 else None}))
+            mine = next((r for r in results if messages[r].get("tool_call_id") == call["id"]), None)
+            if mine is not None:
+                results.remove(mine)
+                out.append((mine, messages[mine]))
+        out.extend((r, messages[r]) for r in results)  # results that answer no call here: kept, in order
+        i = j
+    return out
+
+
+def format_calls(calls: list, syntax: str, where: str) -> str:
+    """`tool_calls.format_tool_calls`, with a call the syntax cannot write turned into a RenderError."""
+    from trajtune.data_builders.tool_calls import format_tool_calls
+
+    try:
+        return format_tool_calls(calls, syntax)
+    except ValueError as e:
+        raise RenderError("template_cannot_express", f"{where}: {e}") from None
+
+
+def _end_of_results(messages: list[dict], j: int) -> int:
+    while j < len(messages) and messages[j]["role"] == "tool":
+        j += 1
+    return j
+
+
+def _tool_list_text(tools: list) -> str:
+    return "# Tools\n\n" + "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
+
+
+def template_messages(record: Trajectory, template: str, prof: TemplateProfile, where: str) -> tuple[list[_Msg], list | None]:
+    """The record as this template wants it, and the `tools=` to pass. Raises RenderError when the template
+    cannot express the record."""
+    from trajtune.data_builders.tool_calls import mistral_call_id
+
+    tools = record.get("tools") or []
+    messages = record["messages"]
+    has_calls = any(m.get("tool_calls") for m in messages)
+    if (tools or has_calls) and prof.tools_where == "none" and not prof.native_calls and prof.text_syntax is None:
+        raise RenderError("template_cannot_express", f"{where}: the template has no tools, tool calls or tool "
+                          "results; choose a prompt format (--prompt-format tool-prompt, react or chatglm3)")
+    if has_calls and not prof.native_calls and prof.text_syntax is None:
+        raise RenderError("template_cannot_express", f"{where}: the template ignores tool_calls and its call syntax "
+                          "is unknown; choose a prompt format (--prompt-format tool-prompt, react or chatglm3)")
+    pairs = _interleave_results(messages) if prof.one_call_per_turn else list(enumerate(messages))
+    ids = {}
+    if prof.ids_rendered and "[TOOL_CALLS]" in template:
+        ids = {c["id"]: mistral_call_id(c["id"]) for m in messages for c in m.get("tool_calls") or []}
+
+    out: list[_Msg] = []
+    for src, m in pairs:
+        role, content = m["role"], m.get("content")
+        msg: dict[str, Any] = {"role": role, "content": content if content is not None else ""}
+        if "metadata" in m:  # prompt formats (chatglm3) put the called function's name there
+            msg["metadata"] = m["metadata"]
+        calls = m.get("tool_calls") or []
+        if role == "assistant" and calls:
+            if prof.native_calls:
+                if content and not prof.content_with_calls:
+                    raise RenderError("template_cannot_express", f"{where}: message {src} has content next to a "
+                                      "tool call, and the template drops one of them")
+                msg = _with_call([{**c, "id": ids.get(c["id"], c["id"])} for c in calls],
+                                 content if content else (None if prof.content_none else ""), prof.args_as_string)
+            elif prof.text_syntax == "glm4":  # GLM-4: the function name goes in `metadata`, the JSON in content
+                name, _, body = format_calls(calls, "glm4", where).partition("\n")
+                msg = {"role": "assistant", "metadata": name, "content": body}
+                if content:  # GLM-4 writes text, then `<|assistant|>name` for the call, in one generation
+                    out.append(_Msg({"role": "assistant", "content": content}, src, message_trained(m)))
+                    out.append(_Msg(msg, src, message_trained(m), cont=True))
+                    continue
+            else:
+                text = format_calls(calls, prof.text_syntax, where)
+                msg = {"role": "assistant", "content": f"{content}\n{text}" if content else text}
+        elif role == "tool":
+            msg = {"role": prof.tool_role, "content": content or "", "name": m.get("name", "")}
+            if "tool_call_id" in m:
+                msg["tool_call_id"] = ids.get(m["tool_call_id"], m["tool_call_id"])
+            if prof.quote_results:
+                try:
+                    parsed = json.loads(msg["content"])
+                    if isinstance(parsed, (dict, list)):
+                        msg["content"] = parsed  # so the template's tojson writes the JSON, not a quoted string
+                except json.JSONDecodeError:
+                    pass
+        out.append(_Msg(msg, src, message_trained(m), cont=bool(m.get("continues_turn"))))
+
+    if prof.strict_alternation:
+        out = _merge_same_role(out, where)
+    kw_tools = [] if prof.needs_tool_list else None
+    if tools and prof.tools_where == "kwarg":
+        kw_tools = tools
+    elif tools and prof.tools_where in ("system_list", "system_string", "none"):
+        value = tools if prof.tools_where == "system_list" else json.dumps(tools, ensure_ascii=False)
+        if out and out[0].msg["role"] == "system":
+            first = out[0]
+        else:
+            first = _Msg({"role": "system", "content": ""}, -1, False)
+            out.insert(0, first)
+        if prof.tools_where == "none":  # calls render natively, but tools have no slot: list them in the system
+            sep = "\n\n" if first.msg["content"] else ""
+            first.msg = {**first.msg, "content": first.msg["content"] + sep + _tool_list_text(tools)}
+        else:
+            first.msg = {**first.msg, "tools": value}
+    return out, kw_tools
+
+
+def _merge_same_role(msgs: list[_Msg], where: str) -> list[_Msg]:
+    """Strict-alternation templates: tool results become user turns, and adjacent same-role turns merge."""
+    out: list[_Msg] = []
+    for m in msgs:
+        if m.msg["role"] == "tool":
+            m = _Msg({"role": "user", "content": str(m.msg["content"])}, m.src, m.trained)
+        if out and out[-1].msg["role"] == m.msg["role"] and m.msg["role"] in ("user", "assistant"):
+            prev = out[-1]
+            if prev.trained != m.trained:
+                raise RenderError("template_cannot_express", f"{where}: messages {prev.src} and {m.src} must merge "
+                                  "into one turn (strict alternation) but only one of them is trained")
+            out[-1] = _Msg({**prev.msg, "content": f"{prev.msg['content']}\n\n{m.msg['content']}"}, prev.src,
+                           prev.trained)
+        else:
+            out.append(m)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The mask
+
+
+def _find_header(full: str, prompt: str, history: str) -> int | None:
+    """Where message j's text starts in `full` when the prompt is not a prefix of it (Hermes-2-Pro writes a
+    tool result's closing newline only when another message follows). The generation header is what the
+    prompt adds to the history; it is searched from where prompt and full text part. The span found is then
+    verified like any other (its text must be the message's own), so a wrong find is an error, not a mask."""
+    if not prompt.startswith(history) or len(prompt) == len(history):
+        return None
+    header = prompt[len(history):]
+    common = len(_common_prefix(full, prompt))
+    pos = full.find(header, max(0, common - len(header)))
+    return None if pos < 0 else pos + len(header)
+
+
+def _common_prefix(a: str, b: str) -> str:
+    import os
+
+    return os.path.commonprefix([a, b])
+
+
+def _expected_pieces(msg: dict) -> list[str]:
+    """Text that must appear in a trained span: the visible content and each call's name."""
+    pieces = []
+    content = msg.get("content")
+    if isinstance(content, str) and content.strip():
+        # A template may move reasoning out of history (Qwen3): the answer after </think> must stay.
+        pieces.append(content.split("</think>")[-1].strip())
+    pieces += [c["function"]["name"] for c in msg.get("tool_calls") or []]
+    if msg.get("metadata"):
+        pieces.append(msg["metadata"])
+    return [p for p in pieces if p]
+
+
+def render_with_mask(record: Trajectory, tokenizer, prompt_format: str | None = None,
+                     exhaustive: bool = False) -> Rendered:
+    """Render `record` (canonical, validated) with `tokenizer`'s chat template and mask what is trained.
+
+    Returns the text, ids, a mask (1 = trained token) and the trained character spans. Raises RenderError
+    (with `.reason`) when the template cannot express the record or the mask cannot be proven exact.
+    With `exhaustive=True` every trained message is located by prefix rendering (2 extra renders each);
+    otherwise templates that pass `fast_path_ok` use one render and their own generation header (see
+    `_spans_by_header`), falling back to prefix rendering on any doubt.
+    Example: `render_with_mask(rec, byte_level_tokenizer(qwen_template)).trained_spans` -> [(412, 440)].
+    """
+    template = tokenizer.chat_template
+    where = template_name(tokenizer)
+    if prompt_format is not None:
+        from trajtune.data_builders.prompt_formats import apply_prompt_format
+
+        record, override = apply_prompt_format(record, prompt_format)
+        if override is not None:
+            template, where = override, f"{where} (prompt format {prompt_format})"
+    if not isinstance(template, str) or not template:
+        raise TrajtuneError(f"{where} has no chat template; pass --template FILE.jinja")
+    ctx = _context(template, tokenizer)
+    msgs, tools = template_messages(record, template, ctx.profile, where)
+    if not any(m.trained for m in msgs):
+        raise RenderError("nothing_trained", f"{where}: record {record.get('id', '?')} has no trained message")
+    for m in msgs:
+        if m.trained and m.msg["role"] != "assistant":
+            raise RenderError("template_cannot_express", f"{where}: message {m.src} ({m.msg['role']}) has loss=true; "
+                              "only assistant messages can be trained")
+    found = None
+    if not exhaustive and ctx.fast:
+        found = _spans_by_header(ctx, msgs, tools, where)
+    full, spans = found if found is not None else _spans_by_prefix(ctx, msgs, tools, where)
+    ids, mask = _tokenize_with_mask(tokenizer, full, spans, where)
+    return Rendered(full, ids, mask, spans)
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    template: str
+    special: dict
+    profile: TemplateProfile
+    stop_re: re.Pattern
+    final: str  # appended after the last turn when the format has no end-of-turn token of its own
+    header: str  # what add_generation_prompt adds ("" if nothing)
+    fast: bool
+
+
+_LAST_CTX: list = [None, None, None]  # (tokenizer, template, ctx): the build renders millions with one pair
+
+
+def _context(template: str, tokenizer) -> _Ctx:
+    if _LAST_CTX[0] is tokenizer and _LAST_CTX[1] is template:
+        return _LAST_CTX[2]
+    special = _special_kwargs(tokenizer)
+    ctx = _context_cached(template, tuple(sorted(special.items())), tokenizer.eos_token or "")
+    _LAST_CTX[:] = [tokenizer, template, ctx]
+    return ctx
+
+
+@lru_cache(maxsize=64)
+def _context_cached(template: str, special_items: tuple, eos: str) -> _Ctx:
+    special = dict(special_items)
+    stops = set(STOP_TOKENS) | ({eos} if eos else set())
+    stop_re = re.compile("|".join(re.escape(t) for t in sorted(stops, key=len, reverse=True)))
+    final = "<|user|>" if _ROLE_CONCAT_RE.search(template) else eos
+    probe = [{"role": "user", "content": "probe_user"}]
+    no_tools = [] if profile_template(template, special_items).needs_tool_list else None
+    plain = _try(template, special, probe, no_tools)
+    try:
+        with_gen = render_text(template, probe, no_tools, True, special)
+    except Exception:  # a template that cannot even render a user turn: no fast path, prefix proof reports it
+        with_gen = None
+    header = with_gen[len(plain):] if plain is not None and with_gen and with_gen.startswith(plain) else ""
+    ctx = _Ctx(template, special, profile_template(template, special_items), stop_re, final, header, False)
+    if header:
+        from trajtune.data_builders.render_check import fast_path_ok
+
+        ctx = _Ctx(*[getattr(ctx, f) for f in ("template", "special", "profile", "stop_re", "final", "header")],
+                   fast_path_ok(ctx))
+    return ctx
+
+
+def _render(ctx: _Ctx, plain: list[dict], tools, gen: bool, where: str, what: str) -> str:
+    try:
+        return render_text(ctx.template, plain, tools, gen, ctx.special)
+    except Exception as e:  # jinja's raise_exception, or a TypeError on a value the template cannot take
+        raise RenderError("template_error", f"{where}: rendering {what}: {type(e).__name__}: {e}") from None
+
+
+def _close_turn(ctx: _Ctx, full: str, start: int, is_last: bool, src: int, where: str) -> tuple[str, int, int]:
+    """(full text, body end, span end) for the turn starting at `start`: it ends with the first stop token;
+    GLM-style formats end a turn with the next role token, so the last turn gets `ctx.final` appended."""
+    stop = ctx.stop_re.search(full, start)
+    if stop is not None:
+        return full, stop.start(), stop.end()
+    if not is_last or not ctx.final:
+        raise RenderError("mask_mismatch", f"{where}: no end-of-turn token after message {src}")
+    return full + ctx.final, len(full), len(full) + len(ctx.final)
+
+
+def _check_pieces(full: str, span: tuple[int, int], m: _Msg, where: str) -> None:
+    got = full[span[0]:span[1]]
+    missing = [p for p in _expected_pieces(m.msg) if p not in got]
+    if missing:
+        raise RenderError("mask_mismatch", f"{where}: message {m.src}: the trained text {got!r} lacks {missing[0]!r} "
+                          "(the template drops it)")
+
+
+def _spans_by_header(ctx: _Ctx, msgs: list[_Msg], tools, where: str) -> tuple[str, list[tuple[int, int]]] | None:
+    """One render: the k-th assistant turn starts after the k-th occurrence of the template's generation
+    header. Used only when the header occurs exactly once per assistant turn, every span closes before the
+    next header, and each span holds its message's content; otherwise None (the caller proves by prefixes)."""
+    plain = [m.msg for m in msgs]
+    full = _render(ctx, plain, tools, False, where, "the whole record")
+    header, starts, pos = ctx.header, [], full.find(ctx.header)
+    while pos >= 0:
+        starts.append(pos + len(header))
+        pos = full.find(header, pos + len(header))
+    assistants = [j for j, m in enumerate(msgs) if m.msg["role"] == "assistant"]
+    if len(starts) != len(assistants):
+        return None
+    spans = []
+    for k, j in enumerate(assistants):
+        if not msgs[j].trained or msgs[j].cont:
+            continue
+        g = _group_end(msgs, j, where)
+        nxt = k + 1 + (g - j)  # the header of the next turn that is not part of this generation
+        try:
+            full, _, end = _close_turn(ctx, full, starts[k], g == len(msgs) - 1, msgs[j].src, where)
+            if nxt < len(starts) and end > starts[nxt] - len(header):
+                return None
+            for m in msgs[j:g + 1]:
+                _check_pieces(full, (starts[k], end), m, where)
+        except RenderError:
+            return None
+        spans.append((starts[k], end))
+    return full, spans
+
+
+def _group_end(msgs: list[_Msg], j: int, where: str) -> int:
+    """Index of the last message of the generation that starts at message j (continuations included)."""
+    g = j
+    while g + 1 < len(msgs) and msgs[g + 1].cont:
+        g += 1
+        if msgs[g].trained != msgs[j].trained:
+            raise RenderError("template_cannot_express", f"{where}: message {msgs[j].src} is one generation with the "
+                              "next, but only one of them is trained")
+    return g
+
+
+def _spans_by_prefix(ctx: _Ctx, msgs: list[_Msg], tools, where: str) -> tuple[str, list[tuple[int, int]]]:
+    """The proof: for each trained message j, `messages[:j]` + generation prompt must be a prefix of the full
+    render (or its header found right after where they part, see `_find_header`); the span runs to the first
+    stop token; and `messages[:j+1]` rendered alone must give the same text (or end with it)."""
+    plain = [m.msg for m in msgs]
+    full = _render(ctx, plain, tools, False, where, "the whole record")
+    spans: list[tuple[int, int]] = []
+    for j, m in enumerate(msgs):
+        if not m.trained or m.cont:
+            continue
+        g = _group_end(msgs, j, where)
+        prompt = _render(ctx, plain[:j], tools, True, where, f"the prompt before message {m.src}")
+        history = None
+        if full.startswith(prompt):
+            start = len(prompt)
+        else:
+            history = _render(ctx, plain[:j], tools, False, where, f"the history before message {m.src}")
+            start = _find_header(full, prompt, history)
+        if start is None or (spans and start < spans[-1][1]):
+            raise RenderError("not_prefix_stable", f"{where}: the generation prompt before message {m.src} is not a "
+                              "prefix of the full render, so the trained text cannot be located exactly")
+        full, body_end, end = _close_turn(ctx, full, start, g == len(msgs) - 1, m.src, where)
+        # The same message rendered as the last turn: its body must equal the one in the full text, or end
+        # with it when the template gives only the last turn a preamble (Qwen3's empty <think></think>).
+        alone = _render(ctx, plain[:g + 1], tools, False, where, f"message {m.src} as the last turn")
+        a_start = len(prompt) if alone.startswith(prompt) else _find_header(alone, prompt, history or "")
+        alone_stop = ctx.stop_re.search(alone, a_start or 0)
+        got, want = full[start:body_end], alone[a_start or 0:alone_stop.start() if alone_stop else len(alone)]
+        if a_start is None or not (got == want or (got and want.endswith(got))):
+            why = ("the template does not close this turn with an end-of-turn token" if got.startswith(want)
+                   else "the template renders it differently inside the conversation")
+            raise RenderError("mask_mismatch", f"{where}: message {m.src}: {why}: {want!r} when last, {got!r} in the "
+                              "full text")
+        for part in msgs[j:g + 1]:
+            _check_pieces(full, (start, end), part, where)
+        spans.append((start, end))
+    return full, spans
+
+
+def _tokenize_with_mask(tokenizer, text: str, spans: list[tuple[int, int]], where: str) -> tuple[list[int], list[int]]:
+    """Tokenize `text` once and set mask=1 on tokens inside a span; a token across a span edge is an error."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise TrajtuneError(f"{where}: a fast tokenizer (with offsets) is needed to place the loss mask")
+    enc = backend.encode(text, add_special_tokens=False)
+    ids = enc.ids
+    mask = [0] * len(ids)
+    for s, e in spans:
+        # Tokens holding the span's first and last characters (O(log n) lookups, no offsets list built).
+        a, b = enc.char_to_token(s), enc.char_to_token(e - 1)
+        if a is None or b is None:
+            raise RenderError("mask_mismatch", f"{where}: no token covers trained text [{s}, {e})")
+        for k, edge, inside in ((a, s, enc.token_to_chars(a)[0] >= s), (b, e, enc.token_to_chars(b)[1] <= e)):
+            if not inside:
+                ts, te = enc.token_to_chars(k)
+                raise RenderError("token_straddles_boundary", f"{where}: token {k} {text[ts:te]!r} spans the "
+                                  f"trained-text edge at char {edge}, so training would see tokens inference never does")
+        mask[a:b + 1] = [1] * (b + 1 - a)
+    return ids, mask

@@ -1,0 +1,108 @@
+"""The template battery: the conversations every chat template is vetted on, and the fast-path gate.
+
+`BATTERY` holds the cases of issue 3 (plain chat, single call, parallel calls, content and a call in one turn,
+two tool rounds, a loss=false message). `check_template(tokenizer)` renders each with the exhaustive prefix
+proof and reports a verdict per case (`trajtune render --check-template T`). `fast_path_ok(ctx)` decides
+whether a template may use the one-render header path of `render_with_mask`: only if, on every case here
+plus a few extra probes, it finds exactly the spans the prefix proof finds, or defers to it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+_TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "City name."}},
+                   "required": ["city"]}}}]
+
+
+def _call(i: int, city: str) -> dict:
+    return {"id": f"call_{i}", "type": "function", "function": {"name": "get_weather", "arguments": {"city": city}}}
+
+
+def _result(i: int, temp: int) -> dict:
+    return {"role": "tool", "tool_call_id": f"call_{i}", "name": "get_weather", "content": json.dumps({"temp_c": temp})}
+
+
+_SYS = {"role": "system", "content": "You are a helpful assistant."}
+_ASK = {"role": "user", "content": "What's the weather in Beijing?"}
+
+# Extra cases for the fast-path gate only: reasoning in history (Qwen3 strips it), a trained turn after an
+# untrained one, and a conversation that ends on a user turn.
+_EXTRA = {
+    "think_history": {"id": "think_history", "messages": [
+        {"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "<think>\nGreet back.\n</think>\n\nHello!"},
+        {"role": "user", "content": "Bye."}, {"role": "assistant", "content": "<think>\nOk.\n</think>\n\nBye!"}]},
+    "ends_on_user": {"id": "ends_on_user", "messages": [
+        {"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Ok."}]},
+}
+
+# name -> record. Each trained assistant message must come out as exactly its text/calls + end-of-turn.
+BATTERY: dict[str, dict] = {
+    "plain_chat": {"id": "plain_chat", "messages": [
+        _SYS, {"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello! How can I help?"},
+        {"role": "user", "content": "Tell me a joke."}, {"role": "assistant", "content": "Why did the chicken cross?"}]},
+    "single_call": {"id": "single_call", "tools": _TOOLS, "messages": [
+        _SYS, _ASK, {"role": "assistant", "content": None, "tool_calls": [_call(1, "Beijing")]}, _result(1, 26),
+        {"role": "assistant", "content": "It is 26 °C in Beijing."}]},
+    "parallel_calls": {"id": "parallel_calls", "tools": _TOOLS, "messages": [
+        _SYS, {"role": "user", "content": "Weather in Beijing and Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [_call(1, "Beijing"), _call(2, "Paris")]},
+        _result(1, 26), _result(2, 18), {"role": "assistant", "content": "Beijing 26 °C, Paris 18 °C."}]},
+    "content_and_call": {"id": "content_and_call", "tools": _TOOLS, "messages": [
+        _SYS, _ASK, {"role": "assistant", "content": "Let me check.", "tool_calls": [_call(1, "Beijing")]},
+        _result(1, 26), {"role": "assistant", "content": "It is 26 °C in Beijing."}]},
+    "two_rounds": {"id": "two_rounds", "tools": _TOOLS, "messages": [
+        _SYS, {"role": "user", "content": "Is Beijing warmer than Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [_call(1, "Beijing")]}, _result(1, 26),
+        {"role": "assistant", "content": None, "tool_calls": [_call(2, "Paris")]}, _result(2, 18),
+        {"role": "assistant", "content": "Yes: 26 °C against 18 °C."}]},
+    "loss_false": {"id": "loss_false", "messages": [
+        _SYS, {"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hullo, wrong greeting.", "loss": False},
+        {"role": "user", "content": "Tell me a joke."}, {"role": "assistant", "content": "Why did the chicken cross?"}]},
+}
+
+
+def check_template(tokenizer, prompt_format: str | None = None) -> list[tuple[str, str, str]]:
+    """Render every BATTERY case; return (case, verdict, detail) with verdict "ok" (detail = the trained text,
+    spans joined by " | ") or "declined" (detail = the reason)."""
+    from trajtune.data_builders.render import RenderError, render_with_mask
+    from trajtune.data_builders.trajectory import validate_record
+
+    rows = []
+    for name, record in BATTERY.items():
+        try:
+            r = render_with_mask(validate_record(copy.deepcopy(record)), tokenizer, prompt_format, exhaustive=True)
+        except RenderError as e:
+            rows.append((name, "declined", str(e)))
+            continue
+        rows.append((name, "ok", " | ".join(r.text[s:e] for s, e in r.trained_spans)))
+    return rows
+
+
+
+
+def fast_path_ok(ctx) -> bool:
+    """True if the one-render header path agrees with the prefix proof on every battery case (or defers)."""
+    from trajtune.data_builders.render import RenderError, _spans_by_header, _spans_by_prefix, template_messages
+    from trajtune.data_builders.trajectory import validate_record
+
+    for record in list(BATTERY.values()) + list(_EXTRA.values()):
+        try:
+            msgs, tools = template_messages(validate_record(copy.deepcopy(record)), ctx.template, ctx.profile, "probe")
+            if not any(m.trained for m in msgs):
+                continue
+            fast = _spans_by_header(ctx, msgs, tools, "probe")
+        except RenderError:
+            continue
+        if fast is None:
+            continue
+        try:
+            slow = _spans_by_prefix(ctx, msgs, tools, "probe")
+        except RenderError:
+            return False  # the header path would accept what the proof rejects
+        if slow != fast:
+            return False
+    return True

@@ -1,0 +1,89 @@
+"""`trajtune render`: show how a chat template renders trajectories and exactly which text is trained.
+
+`trajtune render --data FILE.jsonl (--tokenizer DIR | --template FILE.jinja) [--prompt-format F] [--index I]
+[--json]` prints each record's rendered text with the trained text highlighted, or with `--json` one line per
+record `{"id", "text", "trained_spans", "input_ids", "loss_mask"}`. A record the template cannot express makes
+the command exit 1 with the reason. `trajtune render --check-template T.jinja` runs the built-in battery (plain
+chat, single call, parallel calls, content + call in one turn, two tool rounds, loss=false) and prints a
+verdict per case: the way to vet a new model's template before a long run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    # Input
+    p.add_argument("--data", help="canonical trajectories (JSONL) to render")
+    p.add_argument("--tokenizer", help="a tokenizer directory (its chat template is used unless --template is given)")
+    p.add_argument("--template", help="a chat template (.jinja); alone, a byte-level tokenizer is built for it")
+    p.add_argument("--prompt-format", dest="prompt_format", default=None,
+                   help="built-in tool prompt format for templates without tools: tool-prompt, react or chatglm3")
+    p.add_argument("--index", type=int, default=None, help="render only the record at this 0-based index")
+    # Output
+    p.add_argument("--json", action="store_true", help="one JSON line per record: id, text, trained_spans, "
+                   "input_ids, loss_mask")
+    p.add_argument("--check-template", dest="check_template", metavar="T",
+                   help="run the built-in battery on template T (.jinja) and print a verdict per case")
+
+
+def _named(tok, path: str | None):
+    """Name the tokenizer after its template file, so errors say which template declined."""
+    if path:
+        tok.name_or_path = Path(path).name
+    return tok
+
+
+def _highlighted(text: str, spans: list[tuple[int, int]]):
+    from rich.text import Text
+
+    out = Text(text)
+    for s, e in spans:
+        out.stylize("bold black on green", s, e)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from trajtune.data_builders.errors import TrajtuneError
+    from trajtune.data_builders.render import RenderError, render_with_mask
+    from trajtune.data_builders.render_check import check_template
+    from trajtune.data_builders.tokenizer import load_tokenizer
+    from trajtune.data_builders.trajectory import InvalidRecord, iter_lines, parse_line, validate_record
+
+    console = Console(highlight=False, soft_wrap=True)
+    if args.check_template:
+        tok = _named(load_tokenizer(args.tokenizer, args.check_template), args.check_template)
+        rows = check_template(tok, args.prompt_format)
+        for name, verdict, detail in rows:
+            color = "green" if verdict == "ok" else "yellow"
+            console.print(f"[{color}]{verdict:8}[/{color}] [bold]{name}[/bold]: ", end="")
+            console.print(repr(detail), markup=False)
+        return 0 if all(v == "ok" for _, v, _ in rows) else 1
+    if not args.data:
+        raise TrajtuneError("give --data FILE.jsonl (or --check-template T.jinja)")
+    tok = _named(load_tokenizer(args.tokenizer, args.template), args.template or args.tokenizer)
+    failed, idx = 0, -1
+    for idx, (line_no, raw) in enumerate(iter_lines(args.data)):
+        if args.index is not None and idx != args.index:
+            continue
+        try:
+            record = validate_record(parse_line(raw))
+            r = render_with_mask(record, tok, args.prompt_format)
+        except (InvalidRecord, RenderError) as e:
+            print(f"{args.data}:{line_no}: cannot render: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        if args.json:
+            print(json.dumps({"id": record.get("id"), "text": r.text, "trained_spans": [list(s) for s in r.trained_spans],
+                              "input_ids": r.input_ids, "loss_mask": r.loss_mask}, ensure_ascii=False))
+        else:
+            console.rule(f"{record.get('id', idx)}  ({len(r.input_ids)} tokens, {sum(r.loss_mask)} trained)")
+            console.print(_highlighted(r.text, r.trained_spans))
+    if args.index is not None and failed == 0 and idx < args.index:
+        raise TrajtuneError(f"--index {args.index}: {args.data} has only {idx + 1} records")
+    return 1 if failed else 0

@@ -1,0 +1,79 @@
+"""`trajtune render`: JSON output, highlighted text, --index, --check-template verdicts, and exit codes."""
+
+import json
+
+from conftest import TEMPLATES
+from trajtune.data_builders.render_check import BATTERY
+from trajtune.launcher.cli import main
+from trajtune.launcher.cmd_render import add_arguments
+
+QWEN = str(TEMPLATES / "qwen2.5-instruct.jinja")
+
+
+def _data(tmp_path, names=("single_call", "plain_chat")):
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(BATTERY[n]) + "\n" for n in names))
+    return str(path)
+
+
+def test_json_lines_carry_spans_ids_and_mask(tmp_path, capsys):
+    assert main(["render", "--data", _data(tmp_path), "--template", QWEN, "--json"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["id"] for x in lines] == ["single_call", "plain_chat"]
+    first = lines[0]
+    assert set(first) == {"id", "text", "trained_spans", "input_ids", "loss_mask"}
+    assert [first["text"][s:e] for s, e in first["trained_spans"]] == [
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Beijing"}}\n</tool_call><|im_end|>',
+        "It is 26 °C in Beijing.<|im_end|>"]
+    assert len(first["input_ids"]) == len(first["loss_mask"]) and 0 < sum(first["loss_mask"]) < len(first["loss_mask"])
+
+
+def test_index_renders_one_record_with_trained_text_shown(tmp_path, capsys):
+    assert main(["render", "--data", _data(tmp_path), "--template", QWEN, "--index", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "plain_chat" in out and "Why did the chicken cross?<|im_end|>" in out and "single_call" not in out
+
+
+def test_record_the_template_cannot_express_exits_nonzero_with_the_reason(tmp_path, capsys):
+    llama2 = str(TEMPLATES / "llama-2-chat.jinja")
+    assert main(["render", "--data", _data(tmp_path), "--template", llama2, "--json"]) == 1
+    captured = capsys.readouterr()
+    assert "d.jsonl:1: cannot render: template_cannot_express: llama-2-chat.jinja" in captured.err
+    assert "--prompt-format" in captured.err
+    assert [json.loads(x)["id"] for x in captured.out.splitlines()] == ["plain_chat"]
+    assert main(["render", "--data", _data(tmp_path), "--template", llama2, "--prompt-format", "react", "--json"]) == 0
+
+
+def test_check_template_prints_a_verdict_per_case(capsys):
+    assert main(["render", "--check-template", str(TEMPLATES / "llama-3.1-instruct.jinja")]) == 1
+    out = capsys.readouterr().out.splitlines()
+    verdicts = {line.split()[1].rstrip(":"): line.split()[0] for line in out}
+    assert verdicts == {"plain_chat": "ok", "single_call": "ok", "parallel_calls": "ok", "content_and_call": "declined",
+                        "two_rounds": "ok", "loss_false": "ok"}
+    assert main(["render", "--check-template", QWEN]) == 0
+
+
+def test_missing_inputs_are_user_errors(tmp_path, capsys):
+    assert main(["render", "--template", QWEN]) == 2
+    assert main(["render", "--data", _data(tmp_path), "--template", str(tmp_path / "nope.jinja")]) == 2
+    assert main(["render", "--data", _data(tmp_path), "--template", QWEN, "--index", "5"]) == 2
+    assert "has only 2 records" in capsys.readouterr().err
+
+
+def test_cli_flags_are_frozen():
+    import argparse
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    assert sorted(a.dest for a in p._actions if a.dest != "help") == [
+        "check_template", "data", "index", "json", "prompt_format", "template", "tokenizer"]
+
+
+def test_tokenizer_dir_uses_its_own_chat_template(tmp_path, capsys):
+    from trajtune.data_builders.tokenizer import byte_level_tokenizer
+
+    byte_level_tokenizer((TEMPLATES / "qwen3.jinja").read_text()).save_pretrained(str(tmp_path / "tok"))
+    assert main(["render", "--data", _data(tmp_path, ("plain_chat",)), "--tokenizer", str(tmp_path / "tok"), "--json"]) == 0
+    line = json.loads(capsys.readouterr().out)
+    assert [line["text"][s:e] for s, e in line["trained_spans"]] == [
+        "Hello! How can I help?<|im_end|>", "<think>\n\n</think>\n\nWhy did the chicken cross?<|im_end|>"]

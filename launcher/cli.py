@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # name -> (module, one-line help). Later stages add their rows here.
@@ -37,8 +38,24 @@ def make_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object | None
     return parser, module
 
 
+def _take_local_rank(argv: list[str]) -> list[str]:
+    """The deepspeed launcher puts `--local_rank=N` before the subcommand; move it to LOCAL_RANK (what ranks read)."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--local_rank=") or arg.startswith("--local-rank="):
+            os.environ.setdefault("LOCAL_RANK", arg.split("=", 1)[1])
+        elif arg in ("--local_rank", "--local-rank") and i + 1 < len(argv):
+            os.environ.setdefault("LOCAL_RANK", argv[i + 1])
+            i += 1
+        else:
+            out.append(arg)
+        i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = _take_local_rank(sys.argv[1:] if argv is None else argv)
     parser, module = make_parser(argv)
     args = parser.parse_args(argv)
     if module is None:

@@ -49,6 +49,7 @@ def _highlighted(text: str, spans: list[tuple[int, int]]):
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
+
     from trajtune.data_builders.errors import TrajtuneError
     from trajtune.data_builders.render import RenderError, render_with_mask
     from trajtune.data_builders.render_check import check_template

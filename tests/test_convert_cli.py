@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 from conftest import FIXTURES
+
 from trajtune.launcher.cli import main
 
 TOOLS = [

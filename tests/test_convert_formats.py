@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FIXTURES
+
 from trajtune.data_builders import converters
 from trajtune.data_builders.converters import bfcl, common, glaive, seal_tools
 from trajtune.data_builders.trajectory import Ledger, validate_record

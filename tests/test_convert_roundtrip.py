@@ -5,6 +5,7 @@ import json
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from trajtune.data_builders.converters.openai import convert, to_openai
 from trajtune.data_builders.trajectory import validate_record
 

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 from conftest import SHARED, TEMPLATES
+
 from trajtune.data_builders.prompt_formats import apply_prompt_format
 from trajtune.data_builders.render import (
     RenderError,

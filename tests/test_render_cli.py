@@ -3,6 +3,7 @@
 import json
 
 from conftest import TEMPLATES
+
 from trajtune.data_builders.render_check import BATTERY
 from trajtune.launcher.cli import main
 from trajtune.launcher.cmd_render import add_arguments

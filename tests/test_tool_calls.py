@@ -8,6 +8,7 @@ import pytest
 from conftest import TEMPLATES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from trajtune.data_builders.tool_calls import (
     ERROR_KINDS,
     ONE_CALL_PER_TURN,

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from trajtune.data_builders.errors import TrajtuneError
 from trajtune.data_builders.tool_calls import format_tool_calls, parse_tool_calls
 from trajtune.data_builders.tools import (

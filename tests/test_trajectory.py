@@ -6,6 +6,7 @@ import io
 import json
 
 import pytest
+
 from trajtune.data_builders.trajectory import InvalidRecord, Ledger, parse_line, read_trajectories, validate_record
 
 WEATHER = {

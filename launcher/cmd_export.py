@@ -1,0 +1,73 @@
+"""`trajtune export`: turn a training checkpoint into a Hugging Face model directory (what vLLM and chat load).
+
+    trajtune export --checkpoint runs/sft --out runs/sft/hf                 # latest checkpoint, bf16
+    trajtune export --checkpoint runs/sft/checkpoints/step_00000400 --out hf400 --dtype fp16
+    trajtune export --checkpoint runs/lora --out runs/lora/merged --merge   # LoRA: merged full model (+ adapter/)
+
+One process, no GPU needed. The run's `config.yaml` (next to `checkpoints/`) says which base model and LoRA
+settings the checkpoint belongs to; its paths are as the training run saw them, so run this from the same
+working directory (or pass --model). Weights come from `load_consolidated_state_dict` (either engine; ZeRO
+shards are merged on CPU). The tokenizer is the built dataset's (`DATA/tokenizer/`), else the base model's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True,
+                        help="A checkpoint (run/checkpoints/step_N), a checkpoints/ folder or a run directory (latest).")
+    parser.add_argument("--out", required=True, help="Output directory for the Hugging Face model.")
+    parser.add_argument("--merge", action="store_true", help="LoRA runs: write a merged full model (adapter in out/adapter).")
+    parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16", help="Dtype of the saved weights.")
+    parser.add_argument("--model", default=None, help="Base model directory, if it moved since training.")
+
+
+def _run_dir(checkpoint: Path) -> Path:
+    """The output_dir holding config.yaml: checkpoints live at OUTPUT_DIR/checkpoints/step_N."""
+    for candidate in (checkpoint, checkpoint.parent, checkpoint.parent.parent):
+        if (candidate / "config.yaml").is_file():
+            return candidate
+    from trajtune.data_builders.errors import TrajtuneError
+
+    raise TrajtuneError(f"{checkpoint}: no config.yaml in it or the run directory above it; export needs the run's "
+                        "config to know the base model and LoRA settings")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from trajtune.data_builders.errors import TrajtuneError
+    from trajtune.launcher.config import load_config, to_dict
+    from trajtune.trainer.checkpoint import resolve_checkpoint
+    from trajtune.trainer.config import TrainConfig
+    from trajtune.trainer.engine import load_consolidated_state_dict
+    from trajtune.trainer.export import export_hf
+    from trajtune.trainer.modeling import load_model
+
+    ckpt = resolve_checkpoint(args.checkpoint)
+    cfg = load_config(TrainConfig, _run_dir(ckpt) / "config.yaml", [f"model={args.model}"] if args.model else [])
+    lora = cfg.lora if cfg.lora.r > 0 else None
+    if args.merge and lora is None:
+        raise TrajtuneError(f"--merge: the run in {ckpt} fine-tuned the full model (lora.r=0); there is nothing to merge")
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    state_dict = load_consolidated_state_dict(ckpt)
+    # The skeleton: same architecture and LoRA wrapping as in training, on CPU; its weights are replaced.
+    model, _ = load_model(cfg.model, dtype=torch.float32, attn="sdpa", lora=lora)
+
+    from transformers import AutoTokenizer
+
+    tok_dir = Path(cfg.data) / "tokenizer"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir if tok_dir.is_dir() else cfg.model))
+    except (OSError, ValueError) as e:
+        raise TrajtuneError(f"no tokenizer in {tok_dir} nor in {cfg.model} ({e}); the export would not be usable") from e
+    info = {"config": to_dict(cfg), "data_manifest_sha256": state.get("data_manifest_sha256"),
+            "steps": state.get("step"), "checkpoint": str(ckpt)}
+    export_hf(model, state_dict, tokenizer, args.out, info, merge_lora=args.merge, dtype=args.dtype)
+    kind = "merged model" if args.merge else ("LoRA adapter" if lora else "model")
+    print(f"trajtune export: {kind} from {ckpt} (step {state.get('step')}) written to {args.out} ({args.dtype})")
+    return 0

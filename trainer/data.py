@@ -1,0 +1,119 @@
+"""Reading a built dataset, the order packs are seen in, and turning packs into micro-batch tensors.
+
+A built dataset (`trajtune build`) is a directory with `manifest.json`, `tokenizer/`, `train/` and optionally
+`validation/`; each row is one pack: `input_ids`, `labels` (aligned, -100 = not trained), `position_ids`
+(restarting at 0 per sample) and `seq_lens`.
+
+Order: packs form one endless stream, epoch after epoch, each epoch a seeded permutation. Optimizer step `s`
+takes stream items `[s*G, (s+1)*G)` (G = global batch in packs); rank `r` takes its contiguous share of those and
+cuts it into micro-batches. So the data position is just the step number: resume is exact for free, and the
+global batch is the same packs whatever the world size or micro-batching.
+
+Collation pads a micro-batch to its longest pack. Padding gets its own position_ids run (0, 1, ...), so
+transformers treats it as a separate sequence that real tokens never attend to, and target -100. Targets are
+shifted here (targets[t] = labels[t+1]) and cut at sample boundaries, so a sample never predicts the next one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trajtune.data_builders.errors import TrajtuneError
+
+IGNORE = -100
+COLUMNS = ("input_ids", "labels", "position_ids")
+
+
+def open_built_dataset(data_dir: str | Path) -> tuple[Any, Any | None, dict[str, Any]]:
+    """(train, validation or None, manifest) of a `trajtune build` output directory; clear errors if it is not one."""
+    from datasets import load_from_disk
+
+    root = Path(data_dir)
+    manifest_path = root / "manifest.json"
+    if not manifest_path.is_file():
+        raise TrajtuneError(f"{root}: no manifest.json; data= must be a directory written by `trajtune build --out`")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as e:
+        raise TrajtuneError(f"{manifest_path}: not valid JSON ({e}); rebuild the dataset") from None
+    splits = {}
+    for split in ("train", "validation"):
+        if (root / split).is_dir():
+            ds = load_from_disk(str(root / split))
+            missing = [c for c in COLUMNS if c not in ds.column_names]
+            if missing:
+                raise TrajtuneError(f"{root / split}: missing columns {missing}; rebuild with `trajtune build`")
+            splits[split] = ds.select_columns(list(COLUMNS)).with_format(None)
+    if "train" not in splits or len(splits["train"]) == 0:
+        raise TrajtuneError(f"{root}: no training packs (train/ missing or empty); rebuild with `trajtune build`")
+    return splits["train"], splits.get("validation"), manifest
+
+
+def stream_indices(num_packs: int, seed: int, start: int, count: int) -> list[int]:
+    """Pack indices at stream positions [start, start + count): epoch e is randperm(num_packs) seeded by seed + e."""
+    out: list[int] = []
+    pos = start
+    while len(out) < count:
+        epoch, offset = divmod(pos, num_packs)
+        perm = torch.randperm(num_packs, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+        take = perm[offset: offset + count - len(out)]
+        out += take
+        pos += len(take)
+    return out
+
+
+def step_micro_batches(num_packs: int, seed: int, step: int, global_batch: int, micro: int, rank: int,
+                       world_size: int) -> list[list[int]]:
+    """The pack indices of each of this rank's micro-batches at optimizer step `step` (0-based)."""
+    batch = stream_indices(num_packs, seed, step * global_batch, global_batch)
+    per_rank = global_batch // world_size
+    mine = batch[rank * per_rank: (rank + 1) * per_rank]
+    return [mine[i: i + micro] for i in range(0, per_rank, micro)]
+
+
+def collate(rows: list[dict[str, list[int]]], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Packs -> {input_ids, position_ids, targets} of shape [B, T] (int64), T = longest pack; targets shifted;
+    plus `lengths` [B], the packs' real (unpadded) lengths.
+
+    Example: one pack of samples [a b] and [c d e], labels trained on b, d, e:
+    input_ids [a b c d e], position_ids [0 1 0 1 2], targets [b -100 d e -100]
+    (b is a's next token; b -> c crosses a sample boundary, so it is masked).
+    """
+    longest = max(len(r["input_ids"]) for r in rows)
+    input_ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((len(rows), longest), dtype=torch.long)
+    targets = torch.full((len(rows), longest), IGNORE, dtype=torch.long)
+    for b, row in enumerate(rows):
+        n = len(row["input_ids"])
+        if not (len(row["labels"]) == len(row["position_ids"]) == n):
+            raise TrajtuneError(f"pack {b}: input_ids, labels and position_ids differ in length; rebuild the dataset")
+        ids = torch.tensor(row["input_ids"], dtype=torch.long)
+        pos = torch.tensor(row["position_ids"], dtype=torch.long)
+        labels = torch.tensor(row["labels"], dtype=torch.long)
+        input_ids[b, :n] = ids
+        position_ids[b, :n] = pos
+        position_ids[b, n:] = torch.arange(longest - n)  # padding is its own sequence
+        shifted = labels[1:].clone()
+        shifted[pos[1:] == 0] = IGNORE  # next token belongs to the next sample
+        targets[b, : n - 1] = shifted
+    lengths = torch.tensor([len(r["input_ids"]) for r in rows], dtype=torch.long)
+    return {"input_ids": input_ids, "position_ids": position_ids, "targets": targets, "lengths": lengths}
+
+
+def fetch(dataset: Any, indices: list[int]) -> list[dict[str, list[int]]]:
+    """Rows of `dataset` at `indices`, as plain lists (one Arrow read)."""
+    cols = dataset[indices]
+    return [{c: cols[c][i] for c in COLUMNS} for i in range(len(indices))]
+
+
+def validation_micro_batches(num_packs: int, micro: int, rank: int, world_size: int) -> list[list[int]]:
+    """This rank's share of the validation packs, in micro-batches; every rank gets the same number of batches
+    (ZeRO-3 forwards are collective), an empty list standing for "no pack left, run a dummy with no targets"."""
+    mine = list(range(rank, num_packs, world_size))
+    per_rank = -(-num_packs // world_size)
+    n_batches = -(-per_rank // micro)
+    return [mine[i * micro: (i + 1) * micro] for i in range(n_batches)]

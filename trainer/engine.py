@@ -1,0 +1,288 @@
+"""The engines the training loop drives: DeepSpeed (ZeRO-2/3, offload) and a plain-PyTorch single-process twin.
+
+This is the only file in trajtune that imports `deepspeed`. Both engines offer the same small interface:
+`forward(batch) -> logits`, `backward(loss, last_micro)`, `step(lr, skip) -> (grad_norm, applied)`,
+`save_checkpoint(dir)`, `load_checkpoint(dir)`, `full_state_dict()` (consolidated, rank 0; None elsewhere),
+`all_reduce_sum(tensor)`, `barrier()`, `model` (the underlying module), `rank`, `world_size`, `device`.
+
+Loss convention: the loop passes a loss already divided by the trained-token count of the *global* batch, so
+the gradients of all micro-batches on all ranks must be SUMMED. DeepSpeed instead averages over ranks and (by
+default) divides by the accumulation steps, so its wrapper multiplies the loss by world size and backpropagates
+with `scale_wrt_gas=False`. The learning rate is set by the loop on every step (no scheduler object), so the
+schedule's state is the step number alone.
+
+The DeepSpeed config is built here from a `ds_configs/*.json` file plus the run config: batch sizes, optimizer,
+lr, clipping and precision come only from the run config, and a JSON that sets any of them (or "auto") is
+rejected, so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trajtune.data_builders.errors import TrajtuneError
+
+# Keys the run config owns; a ds_config JSON must not set them.
+_OWNED_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+               "gradient_clipping", "optimizer", "scheduler", "bf16", "fp16")
+
+
+def dist_env() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) from the launcher's environment (deepspeed / torchrun); (0, 0, 1) alone."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _find_auto(node: Any, path: str = "") -> str | None:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            found = _find_auto(v, f"{path}.{k}" if path else k)
+            if found:
+                return found
+    return path if node == "auto" else None
+
+
+def build_ds_config(path: str | Path, cfg: Any, accumulation: int, world_size: int) -> dict[str, Any]:
+    """The DeepSpeed config for a run: `path` (ZeRO settings only) + batch sizes, precision, clipping, optimizer."""
+    path = Path(path)
+    if not path.is_file() and not path.is_absolute():
+        # `ds_configs/zero3.json` (the default) also names the copy shipped beside the trajtune package.
+        import trajtune
+
+        shipped = Path(trajtune.__file__).resolve().parent / path
+        path = shipped if shipped.is_file() else path
+    if not path.is_file():
+        raise TrajtuneError(f"ds_config {path} does not exist (relative to the working directory or the trajtune "
+                            "package); use one of ds_configs/zero2.json, zero3.json, zero3_offload.json")
+    try:
+        ds = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise TrajtuneError(f"{path}: not valid JSON ({e})") from None
+    for key in _OWNED_KEYS:
+        if key in ds:
+            raise TrajtuneError(f"{path}: remove {key!r}; trajtune fills it from the run config (micro_batch_size, "
+                                "global_batch_size, lr, max_grad_norm, bf16) so the two cannot disagree")
+    auto = _find_auto(ds)
+    if auto:
+        raise TrajtuneError(f"{path}: {auto} is \"auto\"; give a value (trajtune fills batch sizes and lr itself)")
+    ds.update({
+        "train_batch_size": cfg.global_batch_size,
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": accumulation,
+        "gradient_clipping": cfg.max_grad_norm,
+        "bf16": {"enabled": bool(cfg.bf16)},
+        "steps_per_print": 2**31 - 1,  # our own metrics log progress
+        "wall_clock_breakdown": False,
+    })
+    zero = ds.setdefault("zero_optimization", {})
+    if (zero.get("offload_optimizer") or {}).get("device", "none") != "none":
+        # Offloaded optimizer states want DeepSpeed's CPU Adam; built by DeepSpeed from this section.
+        ds["optimizer"] = {"type": "AdamW", "params": {"lr": cfg.lr, "betas": list(cfg.adam_betas),
+                                                      "eps": cfg.adam_eps, "weight_decay": cfg.weight_decay}}
+    else:
+        ds["zero_allow_untested_optimizer"] = True  # our torch AdamW, same as the torch engine
+    return ds
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Trainable parameters in two AdamW groups: matrices decay, vectors (norms, biases) do not.
+
+    Uses `ds_shape` when ZeRO-3 has already partitioned a parameter (its local shape is then [0]).
+    """
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if len(getattr(p, "ds_shape", p.shape)) >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: torch.nn.Module, cfg: Any) -> torch.optim.Optimizer:
+    """torch AdamW over `param_groups` (its default multi-tensor kernels; ZeRO hands it flat fp32 partitions)."""
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.adam_betas),
+                             eps=cfg.adam_eps)
+
+
+def _rng_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class TorchEngine:
+    """Single process, plain PyTorch: fp32 master weights, bf16 autocast when asked, torch AdamW."""
+
+    rank = 0
+    world_size = 1
+
+    def __init__(self, model: torch.nn.Module, cfg: Any):
+        self.device = torch.device(_rng_device())
+        self.model = model.to(self.device)
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.bf16 = bool(cfg.bf16)
+        self.max_grad_norm = cfg.max_grad_norm
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits [B, T, V] for a collated micro-batch (no attention mask, no cache: per-sample masks)."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            out = self.model(input_ids=batch["input_ids"].to(self.device),
+                             position_ids=batch["position_ids"].to(self.device), use_cache=False)
+        return out.logits
+
+    def backward(self, loss: torch.Tensor, last_micro: bool) -> None:
+        loss.backward()
+
+    def step(self, lr: float, skip: bool) -> tuple[float, bool]:
+        """Clip and update (unless `skip` or the gradient norm is not finite); always clears the gradients."""
+        grad_norm = float("nan")
+        applied = False
+        if not skip:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            max_norm = self.max_grad_norm if self.max_grad_norm > 0 else float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+            if torch.isfinite(torch.tensor(grad_norm)):
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                self.optimizer.step()
+                applied = True
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm, applied
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def barrier(self) -> None:
+        pass
+
+    def save_checkpoint(self, directory: str | Path) -> None:
+        torch.save(self.model.state_dict(), Path(directory) / "model.pt")
+        torch.save(self.optimizer.state_dict(), Path(directory) / "optimizer.pt")
+
+    def load_checkpoint(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        if not (directory / "model.pt").is_file():
+            raise TrajtuneError(f"{directory}: no model.pt; this checkpoint was not written by engine=torch "
+                                "(resume with the engine that wrote it)")
+        self.model.load_state_dict(torch.load(directory / "model.pt", map_location=self.device))
+        self.optimizer.load_state_dict(torch.load(directory / "optimizer.pt", map_location=self.device))
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+
+class DeepSpeedEngineWrapper:
+    """DeepSpeed's engine behind the loop's interface. Gradient accumulation is driven by the loop: the boundary
+    is set explicitly before each backward and `step` is called once per optimizer step."""
+
+    def __init__(self, model: torch.nn.Module, cfg: Any, ds_config: dict[str, Any]):
+        import deepspeed
+
+        self.rank, _, self.world_size = dist_env()
+        offload = "optimizer" in ds_config  # build_ds_config adds it only for an offloaded optimizer
+        optimizer = None if offload else make_optimizer(model, cfg)
+        params = param_groups(model, cfg.weight_decay) if offload else None
+        self.ds, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, model_parameters=params,
+                                                config=ds_config)
+        self.model = self.ds.module
+        self.device = self.ds.device
+        self.zero_stage = int(ds_config["zero_optimization"].get("stage", 0))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = self.ds(input_ids=batch["input_ids"].to(self.device),
+                      position_ids=batch["position_ids"].to(self.device), use_cache=False)
+        return out.logits
+
+    def backward(self, loss: torch.Tensor, last_micro: bool) -> None:
+        # Gradients are reduced (and averaged over ranks) only at the boundary; × world size turns DeepSpeed's
+        # average into the sum our global-token normalisation needs.
+        self.ds.set_gradient_accumulation_boundary(last_micro)
+        self.ds.backward(loss * self.world_size, scale_wrt_gas=False)
+
+    def step(self, lr: float, skip: bool) -> tuple[float, bool]:
+        """One optimizer step. A non-finite loss makes non-finite gradients, and DeepSpeed's ZeRO optimizers skip a
+        step whose global gradient norm is not finite; `applied` reports what DeepSpeed did."""
+        for group in self.ds.optimizer.param_groups:
+            group["lr"] = lr
+        self.ds.step()
+        norm = self.ds.get_global_grad_norm()
+        norm = float(norm) if norm is not None else float("nan")
+        applied = bool(getattr(self.ds, "_step_applied", True))
+        if skip and applied:
+            raise TrajtuneError("the loss was not finite but DeepSpeed applied the update (this ZeRO stage / "
+                                "precision does not check gradients); use ds_configs/zero3.json or bf16=false")
+        return norm, applied
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        tensor = tensor.to(self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor.cpu()
+
+    def barrier(self) -> None:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+    def save_checkpoint(self, directory: str | Path) -> None:
+        """Collective: every rank writes its shard under `directory/engine/`."""
+        self.ds.save_checkpoint(str(directory), tag="engine", save_latest=False)
+
+    def load_checkpoint(self, directory: str | Path) -> None:
+        if not (Path(directory) / "engine").is_dir():
+            raise TrajtuneError(f"{directory}: no engine/ folder; this checkpoint was not written by "
+                                "engine=deepspeed (resume with the engine that wrote it)")
+        path, _ = self.ds.load_checkpoint(str(directory), tag="engine", load_optimizer_states=True,
+                                          load_lr_scheduler_states=False)
+        if path is None:
+            raise TrajtuneError(f"{directory}: DeepSpeed could not load this checkpoint (see the log above); was it "
+                                f"written with the same world size ({self.world_size}) and ZeRO stage?")
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Collective under ZeRO-3 (all ranks must call); the full state dict on rank 0, None elsewhere."""
+        if self.zero_stage == 3:
+            return self.ds._zero3_consolidated_16bit_state_dict()
+        return self.model.state_dict() if self.rank == 0 else None
+
+
+def init_distributed(use_deepspeed: bool) -> None:
+    """Start the process group for DeepSpeed (nccl on CUDA, gloo on CPU); a lone process gets a local rendezvous."""
+    if not use_deepspeed:
+        return
+    import deepspeed
+
+    if "RANK" not in os.environ:  # plain `trajtune train`, not under a launcher
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(dist_env()[1])
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+def make_engine(kind: str, model: torch.nn.Module, cfg: Any, ds_config: dict[str, Any] | None):
+    """A TorchEngine (kind "torch") or a DeepSpeedEngineWrapper (kind "deepspeed", needs ds_config)."""
+    if kind == "torch":
+        return TorchEngine(model, cfg)
+    return DeepSpeedEngineWrapper(model, cfg, ds_config)
+
+
+def load_consolidated_state_dict(checkpoint_dir: str | Path) -> dict[str, torch.Tensor]:
+    """Full fp32 state dict of a trajtune checkpoint (either engine), on CPU, in one process (for export).
+
+    `checkpoint_dir` may be a checkpoint (`.../checkpoints/step_00000100`), the `checkpoints/` folder or the run's
+    output_dir; the latter two resolve to the latest checkpoint.
+    """
+    from trajtune.trainer.checkpoint import resolve_checkpoint
+
+    ckpt = resolve_checkpoint(checkpoint_dir)
+    if (ckpt / "model.pt").is_file():
+        return torch.load(ckpt / "model.pt", map_location="cpu")
+    if (ckpt / "engine").is_dir():
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return dict(get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag="engine"))
+    raise TrajtuneError(f"{ckpt}: neither model.pt (engine=torch) nor engine/ (engine=deepspeed); not a checkpoint")

@@ -1,0 +1,148 @@
+"""Export a trained model as a Hugging Face directory that `from_pretrained` and vLLM load as is.
+
+Full fine-tuning: `out_dir` gets config.json (dtype set to the export dtype, `use_cache` back on for inference),
+16-bit safetensors, generation_config.json, the tokenizer with its chat template, and trajtune.json (run config,
+data manifest hash, steps, format). LoRA: `out_dir` is the peft adapter (adapter_config.json +
+adapter_model.safetensors, loaded with `PeftModel.from_pretrained(base, out_dir)`); with `merge_lora` it is
+instead the merged full model and the adapter goes to `out_dir/adapter`. Under ZeRO-3 the caller passes the
+consolidated state dict (rank 0) because the live parameters are shards; the merge then happens on a CPU copy
+rebuilt from the config, which also leaves the training model untouched. Call on rank 0 only.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from trajtune.data_builders.errors import TrajtuneError
+
+if TYPE_CHECKING:
+    import torch
+
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+MAX_SHARD = "5GB"  # several files load in parallel; vLLM and from_pretrained read the index
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    """'bf16' | 'fp16' | 'fp32' | a torch.dtype -> torch.dtype."""
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise TrajtuneError(f"export dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    return getattr(torch, DTYPES[dtype])
+
+
+def _cast(state_dict: dict, dtype: torch.dtype) -> dict:
+    """Floating tensors to `dtype` on CPU; integer buffers untouched."""
+    return {
+        k: (v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()).contiguous()
+        for k, v in state_dict.items()
+    }
+
+
+def _is_peft(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+def _inference_config(config, dtype: torch.dtype):
+    """A copy of the model config as inference wants it: cache on, dtype = the saved weights' dtype."""
+    cfg = copy.deepcopy(config)
+    cfg.use_cache = True
+    cfg.dtype = dtype
+    return cfg
+
+
+def _check_covers(model, state_dict: dict) -> None:
+    """A partial state dict would save a partial model that loads with random weights: refuse it."""
+    tied = set(getattr(model, "_tied_weights_keys", None) or {}) if model.config.tie_word_embeddings else set()
+    missing = [k for k in model.state_dict() if k not in state_dict and k not in tied]
+    if missing:
+        raise TrajtuneError(f"export: the state dict lacks {len(missing)} of the model's weights (e.g. {missing[:3]}); "
+                            "pass the full consolidated state dict (ZeRO-3: gathered on rank 0)")
+
+
+def _save_full(model, state_dict: dict, out: Path, dtype: torch.dtype) -> None:
+    _check_covers(model, state_dict)
+    model.save_pretrained(out, state_dict=state_dict, safe_serialization=True, max_shard_size=MAX_SHARD)
+    _inference_config(model.config, dtype).save_pretrained(out)  # overwrites the training-time config.json
+
+
+def _merged_copy(peft_model, state_dict: dict):
+    """A plain model with LoRA merged, built on CPU in fp32 from the config and `state_dict` (peft key names)."""
+    import torch
+    from peft import get_peft_model
+    from transformers.initialization import no_init_weights
+    from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
+
+    base = peft_model.get_base_model()
+    keep = getattr(base, "_trajtune_hf_ds_config", None)
+    # Constructed directly (not from_config) and with ZeRO-3 switched off, so this copy is whole, not partitioned.
+    unset_hf_deepspeed_config()
+    try:
+        with no_init_weights():
+            fresh = type(base)(copy.deepcopy(base.config)).to(torch.float32)
+        peft_config = copy.deepcopy(peft_model.peft_config[peft_model.active_adapter])
+        wrapped = get_peft_model(fresh, peft_config)
+    finally:
+        if keep is not None:
+            set_hf_deepspeed_config(keep)
+    missing, unexpected = wrapped.load_state_dict(_cast(state_dict, torch.float32), strict=False)
+    tied = set(getattr(fresh, "_tied_weights_keys", None) or {}) if fresh.config.tie_word_embeddings else set()
+    missing = [k for k in missing if not any(k.endswith(t) for t in tied)]
+    if missing or unexpected:
+        raise TrajtuneError(
+            f"export: the state dict does not match the LoRA model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    fresh.tie_weights()
+    return wrapped.merge_and_unload()
+
+
+def export_hf(
+    model,
+    state_dict: dict | None,
+    tokenizer,
+    out_dir: str,
+    info: dict,
+    merge_lora: bool = False,
+    dtype="bf16",
+) -> None:
+    """Write `model` (weights from `state_dict`, or the model's own when None) to out_dir as described above.
+
+    info: JSON-serialisable facts for trajtune.json, e.g. {"config": {...}, "data_manifest_sha256": "...",
+    "steps": 1200}. dtype: "bf16" (default) | "fp16" | "fp32" or a torch.dtype. merge_lora on a model without
+    LoRA is an error (nothing to merge). Example: `export_hf(model, None, tok, "out/hf", {"steps": 10})`.
+    """
+    torch_dtype = resolve_dtype(dtype)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    is_peft = _is_peft(model)
+    if merge_lora and not is_peft:
+        raise TrajtuneError("export --merge: this model has no LoRA adapter to merge (it was fully fine-tuned)")
+    source = state_dict if state_dict is not None else model.state_dict()
+
+    if not is_peft:
+        fmt = "full"
+        _save_full(model, _cast(source, torch_dtype), out, torch_dtype)
+    elif not merge_lora:
+        fmt = "lora_adapter"
+        model.save_pretrained(out, state_dict=_cast(source, torch_dtype), safe_serialization=True)
+    else:
+        fmt = "lora_merged"
+        merged = _merged_copy(model, source)
+        _save_full(merged, _cast(merged.state_dict(), torch_dtype), out, torch_dtype)
+        model.save_pretrained(out / "adapter", state_dict=_cast(source, torch_dtype), safe_serialization=True)
+
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    meta = {"format": fmt, "dtype": str(torch_dtype).removeprefix("torch."), **info}
+    if is_peft:
+        meta.setdefault("base_model", model.get_base_model().config.name_or_path)
+    (out / "trajtune.json").write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8")

@@ -1,0 +1,279 @@
+"""The SFT training loop, top to bottom: config -> data -> model + engine -> resume -> steps -> export.
+
+One optimizer step = `global_batch_size` packs over all ranks = micro_batch_size × accumulation × world size.
+The loss is cross-entropy summed over trained tokens and divided by the trained-token count of the whole global
+batch (all-reduced before the first micro-batch), so how the batch is split over micro-batches and ranks does
+not change the update. Every step does two tiny all-reduces: the trained-token count, and at the end the
+loss sum + token count + "stop requested" flag, which is how a SIGTERM/SIGUSR1 on any rank stops all of them at
+the same step with a checkpoint. The same loop drives DeepSpeed or the plain-PyTorch engine (trainer/engine.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from trajtune.data_builders.errors import TrajtuneError
+from trajtune.launcher.config import to_dict
+from trajtune.trainer import checkpoint
+from trajtune.trainer.config import TrainConfig
+from trajtune.trainer.data import (
+    IGNORE,
+    collate,
+    fetch,
+    open_built_dataset,
+    step_micro_batches,
+    validation_micro_batches,
+)
+from trajtune.trainer.engine import build_ds_config, dist_env, init_distributed, make_engine
+
+log = logging.getLogger("trajtune.train")
+
+OOM_HELP = ("out of memory at step {step}: lower micro_batch_size (the global batch is kept by more accumulation), "
+            "set gradient_checkpointing=true, use ds_config=ds_configs/zero3.json (shards weights, grads and "
+            "optimizer over ranks) or ds_configs/zero3_offload.json (optimizer states in CPU memory), or use LoRA "
+            "(lora.r=16)")
+
+
+def lr_at(step: int, total_steps: int, cfg: TrainConfig) -> float:
+    """Learning rate for optimizer step `step` (0-based): linear warmup to cfg.lr, then cosine/linear/constant."""
+    warmup = math.ceil(cfg.warmup_ratio * total_steps)
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    if cfg.schedule == "constant":
+        return cfg.lr
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if cfg.schedule == "cosine" else 1 - progress
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * shape)
+
+
+def token_loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Sum of cross-entropy over positions whose target is not -100 (fp32). logits [B, T, V], targets [B, T]."""
+    return torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                                             targets.to(logits.device).reshape(-1),
+                                             ignore_index=IGNORE, reduction="sum")
+
+
+def choose_engine(cfg: TrainConfig, world_size: int) -> str:
+    """engine=auto: DeepSpeed when launched on several ranks or on a GPU; the plain-PyTorch twin on one CPU."""
+    if cfg.engine != "auto":
+        if cfg.engine == "torch" and world_size > 1:
+            raise TrajtuneError(f"engine=torch runs one process, but WORLD_SIZE={world_size}; use engine=deepspeed")
+        return cfg.engine
+    return "deepspeed" if world_size > 1 or torch.cuda.is_available() else "torch"
+
+
+class StopRequest:
+    """Remembers a SIGTERM/SIGUSR1 (preemption, `scancel --signal`) so the loop can checkpoint and exit cleanly."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGUSR1):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.requested = True
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def memory_gb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**30
+
+
+@torch.no_grad()
+def validation_loss(engine: Any, val_ds: Any, micro: int) -> float:
+    """Token-weighted loss over all validation packs, split over ranks (collective)."""
+    engine.model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    tokens = torch.zeros((), dtype=torch.float64)
+    for indices in validation_micro_batches(len(val_ds), micro, engine.rank, engine.world_size):
+        # A rank out of packs still runs a forward (ZeRO-3 gathers weights collectively), with no targets.
+        batch = collate(fetch(val_ds, indices or [0]))
+        if not indices:
+            batch["targets"].fill_(IGNORE)
+        loss_sum += float(token_loss_sum(engine.forward(batch), batch["targets"]))
+        tokens += int((batch["targets"] != IGNORE).sum())
+    engine.model.train()
+    total = engine.all_reduce_sum(torch.stack([loss_sum, tokens]))
+    return float(total[0] / total[1].clamp(min=1))
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run (or resume) the SFT run described by `cfg`. Returns {"step", "losses" (step -> loss), "bad_steps",
+    "stopped" (True when a signal ended it early), "checkpoint", "val_loss"}. Raises TrajtuneError on bad input."""
+    from trajtune.trainer.metrics import MetricsLogger, Throughput, peak_flops
+    from trajtune.trainer.modeling import flops_per_token, load_model
+
+    # --- Setup: config checks, ranks, engine kind, batch arithmetic (all before anything slow) ---
+    cfg.check()
+    rank, _, world_size = dist_env()
+    engine_kind = choose_engine(cfg, world_size)
+    accumulation = cfg.accumulation_steps(world_size)
+    train_ds, val_ds, manifest = open_built_dataset(cfg.data)
+    manifest_sha = hashlib.sha256((Path(cfg.data) / "manifest.json").read_bytes()).hexdigest()
+    total_steps = cfg.max_steps or int(cfg.epochs * len(train_ds) // cfg.global_batch_size)
+    if total_steps < 1:
+        raise TrajtuneError(f"{cfg.data} has {len(train_ds)} packs: {cfg.epochs} epochs make no full global batch of "
+                            f"{cfg.global_batch_size}; lower global_batch_size or raise epochs / max_steps")
+    output_dir = Path(cfg.output_dir)
+    init_distributed(engine_kind == "deepspeed")
+    if rank == 0:
+        log.info("engine %s: %d rank(s) × micro %d × accumulation %d = global batch %d packs; %d steps (%.2f epochs "
+                 "of %d packs)", engine_kind, world_size, cfg.micro_batch_size, accumulation, cfg.global_batch_size,
+                 total_steps, total_steps * cfg.global_batch_size / len(train_ds), len(train_ds))
+
+    # --- Model and engine ---
+    torch.manual_seed(cfg.seed)  # same on every rank: new (e.g. LoRA) weights must agree across ranks
+    ds_config = build_ds_config(cfg.ds_config, cfg, accumulation, world_size) if engine_kind == "deepspeed" else None
+    dtype = torch.bfloat16 if (cfg.bf16 and engine_kind == "deepspeed") else torch.float32  # torch: autocast
+    model, attn_backend = load_model(cfg.model, dtype=dtype, attn=cfg.attn,
+                                     gradient_checkpointing=cfg.gradient_checkpointing,
+                                     lora=cfg.lora if cfg.lora.r > 0 else None, ds_config=ds_config)
+    engine = make_engine(engine_kind, model, cfg, ds_config)
+    is_main = engine.rank == 0
+
+    # --- Resume: the step number is the whole data position ---
+    start_step = 0
+    resume_from = checkpoint.find_resume(cfg.resume, output_dir)
+    if resume_from is not None:
+        state = checkpoint.load(engine, resume_from)
+        for key, now in (("global_batch_size", cfg.global_batch_size), ("seed", cfg.seed),
+                         ("data_manifest_sha256", manifest_sha)):
+            if state.get(key) != now:
+                raise TrajtuneError(f"cannot resume from {resume_from}: its {key} is {state.get(key)!r}, this run's is "
+                                    f"{now!r}, so the data order would differ; use resume=none or a new output_dir")
+        start_step = int(state["step"])
+        if is_main:
+            log.info("resumed from %s at step %d", resume_from, start_step)
+            if state.get("total_steps") != total_steps:
+                log.warning("the checkpoint's run had %s steps, this one has %d: the lr schedule changes from here",
+                            state.get("total_steps"), total_steps)
+    if is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        (output_dir / "run_info.json").write_text(json.dumps({
+            "engine": engine_kind, "world_size": world_size, "accumulation_steps": accumulation,
+            "total_steps": total_steps, "attention_backend": attn_backend, "ds_config": ds_config,
+            "data_manifest_sha256": manifest_sha, "train_packs": len(train_ds)}, indent=2) + "\n")
+
+    seq_len = int(manifest.get("seq_len") or max(len(r["input_ids"]) for r in fetch(train_ds, [0])))
+    throughput = Throughput(flops_per_token(engine.model.config, seq_len), peak_flops(engine.device), world_size)
+    metrics = MetricsLogger(str(output_dir), cfg.report_to, is_main, total_steps, resume_step=start_step)
+    stop = StopRequest()
+    trainer_state = {"global_batch_size": cfg.global_batch_size, "seed": cfg.seed, "world_size": world_size,
+                     "total_steps": total_steps, "data_manifest_sha256": manifest_sha}
+    losses: dict[int, float] = {}
+    bad_in_a_row = 0
+    bad_total = int(state.get("bad_steps", 0)) if resume_from is not None else 0
+    last_saved = start_step if resume_from is not None else -1
+    val_loss = None
+
+    # --- The loop ---
+    step = start_step
+    try:
+        while step < total_steps:
+            t0 = time.perf_counter()
+            lr = lr_at(step, total_steps, cfg)
+            micro_batches = [collate(fetch(train_ds, idx)) for idx in step_micro_batches(
+                len(train_ds), cfg.seed, step, cfg.global_batch_size, cfg.micro_batch_size, engine.rank, world_size)]
+            local_trained = sum(int((b["targets"] != IGNORE).sum()) for b in micro_batches)
+            local_tokens = sum(int(b["lengths"].sum()) for b in micro_batches)
+            global_trained = float(engine.all_reduce_sum(torch.tensor([float(local_trained)]))[0])
+            loss_sum = torch.zeros((), dtype=torch.float64)
+            try:
+                for i, batch in enumerate(micro_batches):
+                    ce_sum = token_loss_sum(engine.forward(batch), batch["targets"])
+                    engine.backward(ce_sum / max(global_trained, 1.0), last_micro=i == len(micro_batches) - 1)
+                    loss_sum += float(ce_sum.detach())
+                totals = engine.all_reduce_sum(torch.tensor(
+                    [float(loss_sum), float(local_tokens), float(stop.requested)], dtype=torch.float64))
+                loss = float(totals[0]) / max(global_trained, 1.0)
+                grad_norm, applied = engine.step(lr, skip=not math.isfinite(loss))
+            except torch.OutOfMemoryError:
+                raise TrajtuneError(OOM_HELP.format(step=step + 1)) from None
+            step += 1
+
+            # --- Bookkeeping: bad steps, metrics, validation, checkpoints ---
+            if applied:
+                bad_in_a_row = 0
+            else:
+                bad_in_a_row += 1
+                bad_total += 1
+                if is_main:
+                    log.warning("step %d: loss %s / grad norm %s not finite; update skipped (%d in a row)",
+                                step, loss, grad_norm, bad_in_a_row)
+                if bad_in_a_row >= cfg.max_bad_steps:
+                    raise TrajtuneError(
+                        f"{bad_in_a_row} steps in a row (up to step {step}) had a NaN/inf loss or gradient "
+                        f"(max_bad_steps={cfg.max_bad_steps}); lower lr, check the data (trajtune build's manifest), "
+                        f"or resume from the last good checkpoint in {checkpoint.checkpoints_dir(output_dir)}")
+            losses[step] = loss
+            if step % cfg.log_steps == 0 or step == total_steps:
+                values = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "bad_steps": bad_total,
+                          "mem_gb": memory_gb(engine.device)}
+                values.update(throughput.rates(int(totals[1]), int(global_trained), time.perf_counter() - t0))
+                metrics.log(step, values)
+            if val_ds is not None and cfg.eval_steps and step % cfg.eval_steps == 0 and step < total_steps:
+                val_loss = validation_loss(engine, val_ds, cfg.micro_batch_size)
+                metrics.log(step, {"val_loss": val_loss})
+            stopping = bool(totals[2] > 0)
+            if step == total_steps or stopping or (cfg.save_steps and step % cfg.save_steps == 0):
+                checkpoint.save(engine, output_dir, step, {**trainer_state, "bad_steps": bad_total}, cfg.keep_last)
+                last_saved = step
+            if stopping:
+                if is_main:
+                    log.warning("stop requested (SIGTERM/SIGUSR1): checkpoint saved at step %d; run again with "
+                                "resume=auto to continue", step)
+                return {"step": step, "losses": losses, "bad_steps": bad_total, "stopped": True,
+                        "checkpoint": str(checkpoint.latest_checkpoint(output_dir)), "val_loss": val_loss}
+
+        # --- End: final validation, checkpoint (if the loop did not just write it), export ---
+        if val_ds is not None:
+            val_loss = validation_loss(engine, val_ds, cfg.micro_batch_size)
+            metrics.log(step, {"val_loss": val_loss})
+        if last_saved != step:
+            checkpoint.save(engine, output_dir, step, {**trainer_state, "bad_steps": bad_total}, cfg.keep_last)
+        if cfg.export:
+            export(engine, cfg, output_dir / "final", {"config": to_dict(cfg), "data_manifest_sha256": manifest_sha,
+                                                       "steps": step, "attention_backend": attn_backend})
+    finally:
+        stop.restore()
+        metrics.close()
+    return {"step": step, "losses": losses, "bad_steps": bad_total, "stopped": False,
+            "checkpoint": str(checkpoint.latest_checkpoint(output_dir)), "val_loss": val_loss}
+
+
+def export(engine: Any, cfg: TrainConfig, out_dir: Path, info: dict[str, Any]) -> None:
+    """Collective: consolidate the weights (ZeRO-3 gathers them to rank 0) and write a Hugging Face model there."""
+    from trajtune.trainer.export import export_hf
+
+    state_dict = engine.full_state_dict()
+    if engine.rank == 0:
+        tokenizer = None
+        if (Path(cfg.data) / "tokenizer").is_dir():
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(Path(cfg.data) / "tokenizer"))
+        export_hf(engine.model, state_dict, tokenizer, str(out_dir), info, merge_lora=cfg.merge_lora,
+                  dtype="bf16" if cfg.bf16 else "fp32")
+        log.info("exported %s", out_dir)
+    engine.barrier()

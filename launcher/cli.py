@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build": ("trajtune.launcher.cmd_build", "Tokenize, filter, pack and mix trajectories into a training dataset."),
     "train": ("trajtune.launcher.cmd_train", "Train (SFT) on a built dataset: one process, deepspeed or torchrun."),
     "export": ("trajtune.launcher.cmd_export", "Export a checkpoint as a Hugging Face model (safetensors)."),
+    "tiny-model": ("trajtune.launcher.cmd_tiny_model", "Write a small random model for a CPU quick start."),
 }
 
 

@@ -1,0 +1,242 @@
+"""`trajtune build` end to end on the Qwen2.5 template with a small BPE: every drop reason counted and written,
+counts reconcile, packs hold every sampled token exactly once, determinism, caching, mixture, validation split."""
+
+import json
+import random
+import subprocess
+import sys
+from collections import Counter
+
+import numpy as np
+import pytest
+from conftest import SHARED, TEMPLATES
+from datasets import load_from_disk
+
+from trajtune.data_builders.build import BuildConfig, RecordJob, build, process_record, truncation_point
+from trajtune.data_builders.pack import IGNORE_INDEX
+from trajtune.data_builders.render import render_with_mask
+from trajtune.data_builders.tokenizer import load_tokenizer, train_bpe_tokenizer
+from trajtune.data_builders.trajectory import validate_record
+from trajtune.launcher.cli import main
+
+QWEN = TEMPLATES / "qwen2.5-instruct.jinja"
+WORDS = "alpha beta gamma delta file table query result weather city order user count rows value error".split()
+
+
+def general_records(n, seed, prefix="g"):
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        msgs = []
+        for _ in range(rng.randint(1, 3)):
+            msgs.append({"role": "user", "content": " ".join(rng.choices(WORDS, k=rng.randint(5, 30)))})
+            msgs.append({"role": "assistant", "content": " ".join(rng.choices(WORDS, k=rng.randint(10, 80)))})
+        out.append({"id": f"{prefix}{i}", "messages": msgs})
+    return out
+
+
+def write_jsonl(path, records):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("build")
+    agent = d / "agent.jsonl"
+    subprocess.run([sys.executable, str(SHARED / "bench" / "make_corpus.py"), "60", str(agent), "1"], check=True)
+    general = write_jsonl(d / "general.jsonl", general_records(150, 0))
+    texts = [json.dumps(json.loads(line)) for line in agent.read_text().splitlines()] + WORDS
+    tok = train_bpe_tokenizer(texts, vocab_size=600, template=QWEN.read_text())
+    tok.save_pretrained(str(d / "tok"))
+    return {"dir": d, "agent": agent, "general": general, "tok": d / "tok"}
+
+
+def config(fx, out, **kw):
+    base = {"data": [f"{fx['agent']}:x1"], "out": str(out), "tokenizer": str(fx["tok"]), "seq_len": 2048,
+            "cache_dir": str(fx["dir"] / "cache")}
+    return BuildConfig(**{**base, **kw})
+
+
+def split_packs(ds):
+    """Every sample of every pack as (input_ids, labels), checking the row invariants on the way."""
+    out = []
+    for row in ds:
+        assert len(row["input_ids"]) == len(row["labels"]) == len(row["position_ids"]) == sum(row["seq_lens"])
+        start = 0
+        for n in row["seq_lens"]:
+            assert row["position_ids"][start:start + n] == list(range(n))  # restart at 0 per sample
+            out.append((tuple(row["input_ids"][start:start + n]), tuple(row["labels"][start:start + n])))
+            start += n
+    return out
+
+
+def expected_sample(record, tok, seq_len):
+    r = render_with_mask(validate_record(record), tok)
+    ids, mask = r.input_ids, r.loss_mask
+    if len(ids) > seq_len:
+        cut = truncation_point(mask, seq_len)
+        ids, mask = ids[:cut], mask[:cut]
+    labels = [IGNORE_INDEX] + [t if m else IGNORE_INDEX for t, m in zip(ids[1:], mask[1:])]
+    return tuple(ids), tuple(labels)
+
+
+def test_packs_hold_every_sample_exactly_once_and_never_split(data, tmp_path):
+    manifest = build(config(data, tmp_path / "out"))
+    ds = load_from_disk(str(tmp_path / "out" / "train"))
+    assert {n: str(f.feature.dtype) for n, f in ds.features.items()} == {
+        "input_ids": "int32", "labels": "int32", "position_ids": "int32", "seq_lens": "int32"}
+    got = split_packs(ds)
+    assert all(len(row) <= 2048 for row in ds["input_ids"])
+    tok = load_tokenizer(data["tok"])
+    want = [expected_sample(json.loads(line), tok, 2048) for line in data["agent"].read_text().splitlines()]
+    assert Counter(got) == Counter(want)  # no token lost, duplicated or moved between samples
+    train = manifest["train"]
+    assert train["packs"] == len(ds) and train["samples"] == len(got) == manifest["kept"] == 60
+    assert train["total_tokens"] == sum(len(ids) for ids, _ in got)
+    assert train["trained_tokens"] == sum(sum(lab != IGNORE_INDEX for lab in labels) for _, labels in got)
+    assert train["packing_efficiency"] == pytest.approx(train["total_tokens"] / (len(ds) * 2048))
+    assert train["packing_efficiency"] <= train["efficiency_upper_bound"] <= 1
+    assert manifest["truncated"] == sum(len(ids) < len(render_with_mask(validate_record(json.loads(line)), tok).input_ids)
+                                        for (ids, _), line in zip(want, data["agent"].read_text().splitlines()))
+    assert manifest["truncated"] > 0  # the corpus has a tail past 2048 tokens
+
+
+def test_truncation_cuts_after_a_trained_message_end(data):
+    tok = load_tokenizer(data["tok"])
+    eot = tok.convert_tokens_to_ids("<|im_end|>")
+    record = max((json.loads(line) for line in data["agent"].read_text().splitlines()), key=lambda r: len(r["messages"]))
+    full = render_with_mask(validate_record(record), tok)
+    first_end = truncation_point(full.loss_mask, len(full.loss_mask) - 1)
+    while truncation_point(full.loss_mask, first_end - 1):  # walk back to the end of the first trained message
+        first_end = truncation_point(full.loss_mask, first_end - 1)
+    seq_len = first_end + 40  # room for the first trained message, not the second
+    row = process_record(json.dumps(record).encode(), RecordJob(tok, None, seq_len, "truncate", "none", None))
+    ids = row["input_ids"]
+    assert row["truncated"] and row["reason"] == "" and len(ids) == first_end <= seq_len
+    assert ids == full.input_ids[:first_end] and ids[-1] == eot and row["loss_mask"][-1] == 1
+    dropped = process_record(json.dumps(record).encode(), RecordJob(tok, None, seq_len, "drop", "none", None))
+    assert dropped["reason"] == "overlong" and "--overlong drop" in dropped["detail"]
+    too_short = process_record(json.dumps(record).encode(), RecordJob(tok, None, first_end - 1, "truncate", "none", None))
+    assert too_short["reason"] == "overlong" and too_short["input_ids"] == []
+
+
+def test_every_drop_reason_is_counted_and_reported(data, tmp_path):
+    good = general_records(30, 1, prefix="ok")
+    eval_item = {"id": "eval_42", "messages": [{"role": "user", "content": " ".join(WORDS) + " zebra quokka"}]}
+    planted = {"id": "leak", "messages": [{"role": "user", "content": "please: " + " ".join(WORDS[2:16])},
+                                          {"role": "assistant", "content": "ok"}]}
+    near = dict(good[0], id="near")
+    near["messages"] = [dict(m) for m in good[0]["messages"]]
+    near["messages"][-1]["content"] += " delta"  # one word more than good[0]
+    long_msg = {"id": "long", "messages": [{"role": "user", "content": "alpha " * 3000}, {"role": "assistant", "content": "ok"}]}
+    lines = good + [
+        "{not json", {"id": "nomsg"}, {"id": "untrained", "messages": [{"role": "user", "content": "hi"}]},
+        dict(good[1], id="dup"), near, planted, long_msg,
+        {"id": "orphan", "messages": [{"role": "tool", "tool_call_id": "x", "content": "1"},
+                                      {"role": "assistant", "content": "a"}]}]
+    src = write_jsonl(tmp_path / "mixed.jsonl", lines)
+    evals = write_jsonl(tmp_path / "eval.jsonl", [eval_item])
+    manifest = build(config(data, tmp_path / "out", data=[str(src)], dedup="near", decontam=[str(evals)],
+                            decontam_n=8, seq_len=1024))
+    expected = {"bad_json": 1, "no_messages": 1, "no_trained_token": 1, "duplicate": 1, "near_duplicate": 1,
+                "contaminated": 1, "overlong": 1, "orphan_tool_result": 1}
+    assert manifest["dropped_by_reason"] == expected
+    (source,) = manifest["sources"]
+    assert source["records_in"] == len(lines) == manifest["kept"] + manifest["dropped"] == 30 + 8
+    dropped = [json.loads(line) for line in (tmp_path / "out" / "dropped.jsonl").read_text().splitlines()]
+    assert Counter(d["reason"] for d in dropped) == expected
+    by_reason = {d["reason"]: d for d in dropped}
+    assert by_reason["contaminated"]["id"] == "leak" and "eval_42" in by_reason["contaminated"]["detail"]
+    assert manifest["decontamination"]["records"] == [{"file": str(src), "line": 36, "id": "leak", "overlaps": "eval_42"}]
+    assert by_reason["bad_json"]["line"] == 31 and by_reason["bad_json"]["file"] == str(src)
+    assert by_reason["duplicate"]["detail"] == f"same as {src}:2"
+    assert by_reason["near_duplicate"]["id"] == "near" and by_reason["near_duplicate"]["detail"] == f"same as {src}:1"
+
+
+def test_render_errors_are_dropped_under_the_renderers_reason(data, tmp_path):
+    # Llama-2's template has no way to show tools: every agent record is dropped, counted, nothing else kept.
+    src = write_jsonl(tmp_path / "two.jsonl", [json.loads(data["agent"].read_text().splitlines()[0]),
+                                                general_records(1, 5)[0]])
+    manifest = build(config(data, tmp_path / "out", data=[str(src)], tokenizer=None,
+                            template=str(TEMPLATES / "llama-2-chat.jinja")))
+    assert manifest["dropped_by_reason"] == {"template_cannot_express": 1} and manifest["kept"] == 1
+    only_bad = write_jsonl(tmp_path / "bad.jsonl", ["{oops"])
+    manifest = build(config(data, tmp_path / "empty", data=[str(only_bad)]))
+    assert manifest["kept"] == 0 and manifest["train"]["packs"] == 0
+    assert len(load_from_disk(str(tmp_path / "empty" / "train"))) == 0  # an empty build still loads
+
+
+def test_same_seed_same_dataset_and_rerun_is_cached(data, tmp_path):
+    cfg = config(data, tmp_path / "a", data=[f"{data['agent']}:0.3", f"{data['general']}:0.7"], seed=3)
+    first = build(cfg)
+    again = build(config(data, tmp_path / "b", data=cfg.data, seed=3, num_proc=2))
+    assert again["build_key"] == first["build_key"]  # out dir and process count are not part of what is built
+    a, b = load_from_disk(str(tmp_path / "a" / "train")), load_from_disk(str(tmp_path / "b" / "train"))
+    assert a.to_dict() == b.to_dict()  # one process or two, same bytes
+    other = load_from_disk(str(build(config(data, tmp_path / "c", data=cfg.data, seed=4))["config"]["out"]) + "/train")
+    assert other.to_dict() != a.to_dict()
+    logs = []
+    assert build(cfg, log=logs.append)["build_key"] == first["build_key"]
+    assert logs == [f"build: {tmp_path / 'a'} is up to date (same inputs, config, tokenizer and code)"]
+
+
+def test_mixture_hits_target_share_of_trained_tokens(data, tmp_path):
+    manifest = build(config(data, tmp_path / "out", data=[f"{data['agent']}:0.2", f"{data['general']}:0.8"]))
+    agent, general = manifest["sources"]
+    assert abs(agent["effective_mixture"] - 0.2) <= 0.02 * 0.2
+    assert abs(general["effective_mixture"] - 0.8) <= 0.02 * 0.8
+    assert manifest["train"]["trained_tokens"] == agent["sampled_trained_tokens"] + general["sampled_trained_tokens"]
+    assert agent["effective_epochs"] == pytest.approx(1.0) or general["effective_epochs"] == pytest.approx(1.0)
+
+
+def test_validation_split_holds_out_whole_records(data, tmp_path):
+    manifest = build(config(data, tmp_path / "out", data=[str(data["general"])], val_fraction=0.2))
+    train = split_packs(load_from_disk(str(tmp_path / "out" / "train")))
+    val = split_packs(load_from_disk(str(tmp_path / "out" / "validation")))
+    assert len(val) == manifest["validation"]["samples"] == 30 and len(train) == 120
+    assert not set(train) & set(val)
+
+
+def test_cli_builds_and_reports_bad_specs(data, tmp_path, capsys):
+    out = tmp_path / "cli"
+    args = ["build", "--data", f"{data['general']}:x2", "--tokenizer", str(data["tok"]), "--seq-len", "1024",
+            "--out", str(out), "--cache-dir", str(data["dir"] / "cache")]
+    assert main(args) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["train"]["samples"] == 300 and manifest["sources"][0]["effective_epochs"] == pytest.approx(2.0)
+    assert (out / "tokenizer" / "tokenizer.json").is_file()
+    assert "efficiency" in capsys.readouterr().out
+    assert main(["build", "--data", f"{data['general']}:-1", "--tokenizer", str(data["tok"]), "--out", str(out)]) == 2
+    assert "no such file; the syntax is PATH, PATH:WEIGHT (WEIGHT > 0)" in capsys.readouterr().err
+    assert main(["build", "--data", str(tmp_path / "missing.jsonl"), "--tokenizer", str(data["tok"]), "--out", str(out)]) == 2
+    (tmp_path / "blank.jsonl").write_text("\n\n")
+    assert main(["build", "--data", str(tmp_path / "blank.jsonl"), "--tokenizer", str(data["tok"]), "--out", str(out)]) == 2
+    assert "has no records" in capsys.readouterr().err
+
+
+def test_cli_config_file_with_flags_winning(data, tmp_path):
+    yaml_file = tmp_path / "build.yaml"
+    yaml_file.write_text(f"data: ['{data['general']}']\ntokenizer: {data['tok']}\nseq_len: 512\nseed: 1\n"
+                         f"out: {tmp_path / 'ignored'}\ncache_dir: {data['dir'] / 'cache'}\n")
+    assert main(["build", "--config", str(yaml_file), "--seq-len", "1024", "--out", str(tmp_path / "out")]) == 0
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["seq_len"] == 1024 and manifest["seed"] == 1 and not (tmp_path / "ignored").exists()
+    yaml_file.write_text("dat: []\n")
+    assert main(["build", "--config", str(yaml_file)]) == 2  # unknown key: a clear error, not ignored
+
+
+def test_seq_lens_are_all_positive_and_packs_shuffled_deterministically(data, tmp_path):
+    build(config(data, tmp_path / "out", data=[str(data["general"])], seq_len=1024))
+    ds = load_from_disk(str(tmp_path / "out" / "train"))
+    lens = np.array([sum(s) for s in ds["seq_lens"]])
+    assert (lens > 0).all() and (lens <= 1024).all()
+
+
+def test_example_config_has_only_known_keys():
+    from conftest import ROOT
+
+    from trajtune.launcher.config import load_config
+
+    cfg = load_config(BuildConfig, ROOT / "configs" / "build.yaml")
+    assert cfg.data == ["data/agent.jsonl:0.2", "data/general.jsonl:0.8"] and cfg.seq_len == 4096

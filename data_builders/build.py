@@ -103,30 +103,50 @@ def process_record(raw: bytes, job: RecordJob) -> dict[str, Any]:
 
     Pure: the same line and job give the same row. The row's `reason` is "" for a kept record.
     """
-    from trajtune.data_builders.render import RenderError, render_with_mask
+    return process_records([raw], job)[0]
 
+
+def process_records(raws: list[bytes], job: RecordJob) -> list[dict[str, Any]]:
+    """`process_record` of each line, with the renders of the batch tokenized together (`render_batch`)."""
+    from trajtune.data_builders.render import render_batch
+
+    rows, records = zip(*(_before_render(raw, job) for raw in raws)) if raws else ((), ())
+    rows = list(rows)
+    todo = [i for i, r in enumerate(records) if r is not None]
+    for i, rendered in zip(todo, render_batch([records[i] for i in todo], job.tokenizer, job.prompt_format)):
+        rows[i] = _after_render(rows[i], rendered, job)
+    return rows
+
+
+def _before_render(raw: bytes, job: RecordJob) -> tuple[dict[str, Any], Any]:
+    """(row, validated record to render), or (row with its drop reason, None)."""
     row: dict[str, Any] = {"id": "", "reason": "", "detail": "", "input_ids": [], "loss_mask": [], "n_tokens": 0,
                            "n_trained": 0, "truncated": False, "key": 0, "bands": []}
     try:
         record = validate_record(parse_line(raw))
     except InvalidRecord as e:
-        return {**row, "reason": e.reason, "detail": e.detail}
+        return {**row, "reason": e.reason, "detail": e.detail}, None
     row["id"] = record.get("id", "")
     if not filters.has_trained_message(record):
-        return {**row, "reason": "no_trained_token", "detail": "no assistant message is trained"}
+        return {**row, "reason": "no_trained_token", "detail": "no assistant message is trained"}, None
     if job.decontam is not None:
         hits = job.decontam.overlaps(record)
         if hits:
-            return {**row, "reason": "contaminated", "detail": "overlaps eval items: " + ", ".join(hits[:20])}
+            return {**row, "reason": "contaminated", "detail": "overlaps eval items: " + ", ".join(hits[:20])}, None
     if job.dedup != "none":
         row["key"] = filters.exact_key(record)
     if job.dedup == "near":
         row["bands"] = filters.minhash_bands(filters.dialogue_text(record))
-    try:
-        rendered = render_with_mask(record, job.tokenizer, job.prompt_format)
-    except RenderError as e:
-        return {**row, "reason": e.reason, "detail": getattr(e, "detail", str(e))}
-    ids, mask = list(rendered.input_ids), list(rendered.loss_mask)
+    return row, record
+
+
+def _after_render(row: dict[str, Any], rendered, job: RecordJob) -> dict[str, Any]:
+    """The row of a rendered record (a Rendered, or the RenderError it raised): mask checks and over-length."""
+    from trajtune.data_builders.render import RenderError
+
+    if isinstance(rendered, RenderError):
+        return {**row, "reason": rendered.reason, "detail": rendered.detail}
+    ids, mask = rendered.input_ids, rendered.loss_mask
     if not any(mask[1:]):
         return {**row, "reason": "no_trained_token", "detail": "the rendered loss mask is empty"}
     if len(ids) > job.seq_len:
@@ -141,7 +161,7 @@ def process_record(raw: bytes, job: RecordJob) -> dict[str, Any]:
 
 
 def _process_batch(batch: dict[str, list], job: RecordJob) -> dict[str, list]:
-    rows = [process_record(raw, job) for raw in batch["raw"]]
+    rows = process_records(batch["raw"], job)
     out = {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
     out["line"] = batch["line"]
     return out

@@ -69,6 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     except TrajtuneError as e:
         print(f"trajtune {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # Output piped into `head` and closed early: not an error. Point stdout at devnull so the
+        # interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

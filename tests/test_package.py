@@ -1,6 +1,7 @@
 """The package installs as one `trajtune` namespace, and the CLI answers without heavy imports."""
 
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -52,3 +53,14 @@ def test_built_wheel_imports_every_subpackage(tmp_path: Path):
                          env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"}).stdout
     files = json.loads(out)
     assert all(f.startswith(str(target)) for f in files), files
+
+
+def test_deepspeed_launcher_local_rank_before_the_subcommand_is_accepted(monkeypatch, capsys):
+    # `deepspeed --module trajtune.launcher.cli train ...` runs each rank as `cli --local_rank=N train ...`.
+    from trajtune.launcher.cli import main
+
+    monkeypatch.setenv("LOCAL_RANK", "0")  # records the original state, so teardown restores it
+    monkeypatch.delenv("LOCAL_RANK")
+    assert main(["--local_rank=1", "train", "--keys"]) == 0
+    assert "global_batch_size" in capsys.readouterr().out
+    assert os.environ["LOCAL_RANK"] == "1"

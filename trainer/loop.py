@@ -10,6 +10,7 @@ the same step with a checkpoint. The same loop drives DeepSpeed or the plain-PyT
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -24,7 +25,6 @@ import torch
 import yaml
 
 from trajtune.data_builders.errors import TrajtuneError
-from trajtune.launcher.config import to_dict
 from trajtune.trainer import checkpoint
 from trajtune.trainer.config import TrainConfig
 from trajtune.trainer.data import (
@@ -91,14 +91,6 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-def memory_gb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**30
-
-
 @torch.no_grad()
 def validation_loss(engine: Any, val_ds: Any, micro: int) -> float:
     """Token-weighted loss over all validation packs, split over ranks (collective)."""
@@ -120,7 +112,7 @@ def validation_loss(engine: Any, val_ds: Any, micro: int) -> float:
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) the SFT run described by `cfg`. Returns {"step", "losses" (step -> loss), "bad_steps",
     "stopped" (True when a signal ended it early), "checkpoint", "val_loss"}. Raises TrajtuneError on bad input."""
-    from trajtune.trainer.metrics import MetricsLogger, Throughput, peak_flops
+    from trajtune.trainer.metrics import MetricsLogger, Throughput, memory_gb, peak_flops
     from trajtune.trainer.modeling import flops_per_token, load_model
 
     # --- Setup: config checks, ranks, engine kind, batch arithmetic (all before anything slow) ---
@@ -169,7 +161,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                             state.get("total_steps"), total_steps)
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        (output_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
         (output_dir / "run_info.json").write_text(json.dumps({
             "engine": engine_kind, "world_size": world_size, "accumulation_steps": accumulation,
             "total_steps": total_steps, "attention_backend": attn_backend, "ds_config": ds_config,
@@ -253,8 +245,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if last_saved != step:
             checkpoint.save(engine, output_dir, step, {**trainer_state, "bad_steps": bad_total}, cfg.keep_last)
         if cfg.export:
-            export(engine, cfg, output_dir / "final", {"config": to_dict(cfg), "data_manifest_sha256": manifest_sha,
-                                                       "steps": step, "attention_backend": attn_backend})
+            export(engine, cfg, output_dir / "final", {"config": dataclasses.asdict(cfg), "steps": step,
+                                                       "data_manifest_sha256": manifest_sha,
+                                                       "attention_backend": attn_backend})
     finally:
         stop.restore()
         metrics.close()

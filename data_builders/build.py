@@ -2,7 +2,8 @@
 
 Stages, per source file (every drop is counted by reason and written to OUT/dropped.jsonl with file and line):
 1. read    JSONL lines streamed into an Arrow cache (`Dataset.from_generator`, keyed by path+size+mtime);
-2. process `datasets.map(num_proc=N)` of the pure per-record function `process_record`: parse + validate,
+2. process `datasets.map(num_proc=N)` of the pure per-record function `process_record`, a batch at a time
+           (`process_records`: the batch's texts are tokenized in one call, render.render_batch): parse + validate,
            no-trained-message filter, decontamination, dedup keys, render + mask, over-long drop/truncate;
            its fingerprint is a hash of everything it depends on, so a re-run reads the cache;
 3. dedup   global, across sources in --data order: exact keys, then MinHash bands (`--dedup near`);

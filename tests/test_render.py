@@ -9,11 +9,13 @@ import sys
 import pytest
 from conftest import SHARED, TEMPLATES
 
+from trajtune.data_builders import render
 from trajtune.data_builders.prompt_formats import apply_prompt_format
 from trajtune.data_builders.render import (
     RenderError,
     _special_kwargs,
     profile_template,
+    render_batch,
     render_text,
     render_with_mask,
 )
@@ -123,6 +125,57 @@ def test_token_straddling_the_generation_boundary_is_an_error_not_a_guess():
     assert e.value.reason == "token_straddles_boundary" and "'Botty'" in str(e.value)
     byte_tok = byte_level_tokenizer(template)  # no merges: the same record masks fine
     assert _trained(render_with_mask(rec, byte_tok)) == ["ty is here.<|end|>"]
+
+
+def _outcome(record, tok, prompt_format=None):
+    try:
+        return render_with_mask(record, tok, prompt_format)
+    except RenderError as e:
+        return e
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, RenderError) or isinstance(b, RenderError):
+        return type(a) is type(b) and (a.reason, str(a)) == (b.reason, str(b))
+    return a == b  # Rendered is a dataclass: text, ids, mask and spans all compared
+
+
+def test_render_batch_equals_render_with_mask_record_by_record(corpus, monkeypatch):
+    # A small chunk so the batch crosses encode_batch calls; records that raise sit between ones that render.
+    monkeypatch.setattr(render, "ENCODE_CHUNK", 7)
+    template = (TEMPLATES / "qwen2.5-instruct.jinja").read_text()
+    texts = (m.get("content") or "" for r in corpus for m in r["messages"])
+    bpe = train_bpe_tokenizer(texts, vocab_size=1024, template=template)
+    nothing = _case("plain_chat")
+    for m in nothing["messages"]:
+        m["loss"] = False
+    user_trained = _case("plain_chat")
+    user_trained["messages"][1]["loss"] = True
+    header_in_text = copy.deepcopy(corpus[0])  # the header count is off: falls back to the prefix proof
+    header_in_text["messages"][-1]["content"] += " <|im_start|>assistant\n again"
+    mixed = corpus[:20] + [nothing, user_trained, header_in_text] + corpus[20:]
+    for tok in (bpe, _tok("qwen2.5-instruct"), _tok("llama-3.1-instruct")):
+        want = [_outcome(r, tok) for r in mixed]
+        got = render_batch(mixed, tok)
+        assert len(got) == len(mixed) and all(_same(a, b) for a, b in zip(got, want))
+        reasons = {w.reason for w in want if isinstance(w, RenderError)}
+        assert {"nothing_trained", "template_cannot_express"} <= reasons
+        if tok is bpe:  # proved by prefixes, and masked all the same
+            assert not isinstance(want[22], RenderError) and len(want[22].trained_spans) > 1
+    assert render_batch([], bpe) == []
+
+    # The straddling token of the test above, and a prompt format, through the batch path too.
+    straddle = ("{% for m in messages %}{% if m.role == 'user' %}<|user|>{{ m.content }}{% else %}Bot{{ m.content }}"
+                "<|end|>{% endif %}{% endfor %}{% if add_generation_prompt %}Bot{% endif %}")
+    tok = train_bpe_tokenizer(["Botty is here. Botty is here."] * 50, vocab_size=300, template=straddle)
+    recs = [validate_record({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": c}]})
+            for c in ("ty is here.", " is here.", "ty again")]
+    want = [_outcome(r, tok) for r in recs]
+    assert [getattr(w, "reason", "ok") for w in want] == ["token_straddles_boundary", "ok", "token_straddles_boundary"]
+    assert all(_same(a, b) for a, b in zip(render_batch(recs, tok), want))
+    tok = _tok("llama-2-chat")
+    want = [_outcome(r, tok, "react") for r in corpus[:5]]
+    assert all(_same(a, b) for a, b in zip(render_batch(corpus[:5], tok, "react"), want))
 
 
 # ---------------------------------------------------------------------------------------------------------

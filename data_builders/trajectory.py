@@ -108,7 +108,8 @@ def _schema_validator(schema_json: str):
     return cls(schema)
 
 
-def _normalise_tools(tools: Any) -> list[Tool]:
+def _normalise_tools(tools: Any, validators: dict[str, Any] | None = None) -> list[Tool]:
+    """Wrap bare specs, check each parameters schema; fill `validators` (name -> compiled validator) if given."""
     if tools is None:
         return []
     if not isinstance(tools, list):
@@ -123,11 +124,13 @@ def _normalise_tools(tools: Any) -> list[Tool]:
         if not isinstance(params, dict):
             raise InvalidRecord("bad_tools", f"tools[{i}] ({fn['name']}): parameters must be a JSON Schema object")
         try:
-            _schema_validator(json.dumps(params, sort_keys=True))
+            validator = _schema_validator(json.dumps(params, sort_keys=True))
         except Exception as e:  # jsonschema.SchemaError, or an unhashable oddity
             msg = getattr(e, "message", str(e))
             raise InvalidRecord("bad_tools", f"tools[{i}] ({fn['name']}): parameters is not a valid JSON Schema: {msg}") from None
         out.append({"type": "function", "function": {**fn, "parameters": params}})
+        if validators is not None:
+            validators[fn["name"]] = validator
     return out
 
 
@@ -163,9 +166,9 @@ def validate_record(obj: Any) -> Trajectory:
     messages = obj.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRecord("no_messages", "`messages` is missing" if messages is None else "`messages` must be a non-empty list")
-    tools = _normalise_tools(obj.get("tools"))
+    validators: dict[str, Any] = {}  # name -> compiled validator, keyed once per tool (a json.dumps each)
+    tools = _normalise_tools(obj.get("tools"), validators)
     params_by_name = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
-    validators: dict[str, Any] = {}  # compiled once per tool per record: schema keys cost a json.dumps each
 
     seen_ids: set[str] = set()
     open_ids: list[str] = []  # calls not yet answered, in call order
@@ -200,8 +203,6 @@ def validate_record(obj: Any) -> Trajectory:
                     known = ", ".join(sorted(params_by_name)) or "none"
                     raise InvalidRecord("undefined_tool", f"{cwhere} calls {name!r}, which `tools` does not define (defined: {known})")
                 args = _normalise_arguments(fn.get("arguments", {}), f"{cwhere} ({name})")
-                if name not in validators:
-                    validators[name] = _schema_validator(json.dumps(params_by_name[name], sort_keys=True))
                 _check_arguments(args, params_by_name[name], f"{cwhere} ({name})", validators[name])
                 call_id = call.get("id")
                 if not isinstance(call_id, str) or not call_id:

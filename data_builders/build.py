@@ -12,8 +12,9 @@ Stages, per source file (every drop is counted by reason and written to OUT/drop
 6. pack    best-fit-decreasing on lengths only (pack.py), then the packs are written chunk by chunk.
 Memory: the build holds ~60 bytes a record (lengths, keys, flags, sample and bin indices as NumPy arrays;
 ~130 more with --dedup near); tokens are only read a chunk of packs at a time from memory-mapped Arrow files.
-Measured (bench/build.py --rss): peak anonymous RSS +17% from 20k to 200k records. Pages of the memory-mapped
-files that were read also count in RSS; they are clean page cache the kernel reclaims under pressure.
+Measured (bench/build.py --rss 100000 1000000, short chats, 1 process): peak anonymous RSS 318 -> 381 MiB
+(+20%) for 10x the records. Pages of the memory-mapped files that were read also count in total RSS (756 ->
+1149 MiB); they are clean page cache the kernel reclaims under pressure.
 
 Output (read by the trainer; do not change without it):
   OUT/manifest.json   counts, drops by reason, mixture, tokens, packing efficiency + L2 bound, tokenizer, seed...

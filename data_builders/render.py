@@ -170,6 +170,8 @@ def template_messages(record: Trajectory, template: str, prof: TemplateProfile, 
         msg: dict[str, Any] = {"role": role, "content": content if content is not None else ""}
         if "metadata" in m:  # prompt formats (chatglm3) put the called function's name there
             msg["metadata"] = m["metadata"]
+        if "reasoning_content" in m:  # templates that read it (Qwen3, DeepSeek-R1); _expected_pieces checks it is kept
+            msg["reasoning_content"] = m["reasoning_content"]
         calls = m.get("tool_calls") or []
         if role == "assistant" and calls:
             if prof.native_calls:
@@ -267,8 +269,13 @@ def _expected_pieces(msg: dict) -> list[str]:
     pieces = []
     content = msg.get("content")
     if isinstance(content, str) and content.strip():
-        # A template may move reasoning out of history (Qwen3): the answer after </think> must stay.
-        pieces.append(content.split("</think>")[-1].strip())
+        # A template may move reasoning out of the content (Qwen3): the answer after </think> must stay, and so
+        # must the reasoning itself when there is any: a template that strips it from a history turn would
+        # train the answer without the thought the model writes before it, so such a record is declined.
+        reasoning, _, answer = content.rpartition("</think>")
+        pieces += [answer.strip(), reasoning.replace("<think>", "").strip()]
+    if isinstance(msg.get("reasoning_content"), str):
+        pieces.append(msg["reasoning_content"].strip())
     pieces += [c["function"]["name"] for c in msg.get("tool_calls") or []]
     if msg.get("metadata"):
         pieces.append(msg["metadata"])
@@ -373,7 +380,9 @@ def _context(template: str, tokenizer) -> _Ctx:
 @lru_cache(maxsize=64)
 def _context_cached(template: str, special_items: tuple, eos: str) -> _Ctx:
     special = dict(special_items)
-    stops = set(STOP_TOKENS) | ({eos} if eos else set())
+    # Only this template's own end-of-turn tokens: another model's (`</s>` for Qwen) is ordinary text here.
+    role_tokens = {"<|user|>", "<|observation|>"} if _ROLE_CONCAT_RE.search(template) else set()
+    stops = {t for t in STOP_TOKENS if t in template or t in role_tokens} | ({eos} if eos else set())
     stop_re = re.compile("|".join(re.escape(t) for t in sorted(stops, key=len, reverse=True)))
     final = "<|user|>" if _ROLE_CONCAT_RE.search(template) else eos
     probe = [{"role": "user", "content": "probe_user"}]
@@ -411,9 +420,14 @@ def _close_turn(ctx: _Ctx, full: str, start: int, is_last: bool, src: int, where
     return full + ctx.final, len(full), len(full) + len(ctx.final)
 
 
-def _check_pieces(full: str, span: tuple[int, int], m: _Msg, where: str) -> None:
+def _check_pieces(ctx: _Ctx, full: str, span: tuple[int, int], m: _Msg, where: str) -> None:
     got = full[span[0]:span[1]]
-    missing = [p for p in _expected_pieces(m.msg) if p not in got]
+    pieces = _expected_pieces(m.msg)
+    stop = next((hit for p in pieces if (hit := ctx.stop_re.search(p))), None)
+    if stop is not None:
+        raise RenderError("mask_mismatch", f"{where}: message {m.src} contains the end-of-turn token "
+                          f"{stop.group(0)!r}: the model would stop there, so no mask is right")
+    missing = [p for p in pieces if p not in got]
     if missing:
         raise RenderError("mask_mismatch", f"{where}: message {m.src}: the trained text {got!r} lacks {missing[0]!r} "
                           "(the template drops it)")
@@ -443,7 +457,7 @@ def _spans_by_header(ctx: _Ctx, msgs: list[_Msg], tools, where: str) -> tuple[st
             if nxt < len(starts) and end > starts[nxt] - len(header):
                 return None
             for m in msgs[j:g + 1]:
-                _check_pieces(full, (starts[k], end), m, where)
+                _check_pieces(ctx, full, (starts[k], end), m, where)
         except RenderError:
             return None
         spans.append((starts[k], end))
@@ -495,7 +509,7 @@ def _spans_by_prefix(ctx: _Ctx, msgs: list[_Msg], tools, where: str) -> tuple[st
             raise RenderError("mask_mismatch", f"{where}: message {m.src}: {why}: {want!r} when last, {got!r} in the "
                               "full text")
         for part in msgs[j:g + 1]:
-            _check_pieces(full, (start, end), part, where)
+            _check_pieces(ctx, full, (start, end), part, where)
         spans.append((start, end))
     return full, spans
 

@@ -359,3 +359,44 @@ def test_one_call_per_turn_places_each_result_after_its_own_call():
     order = [r.text.index(x) for x in ('"Beijing"', '{"temp_c": 26}', '"Paris"', '{"temp_c": 18}')]
     assert order == sorted(order)
     assert r.text.count("ipython<|end_header_id|>") == 2  # no result lost
+
+
+def _chat(*assistant_contents: str, **last_extra) -> dict:
+    messages = []
+    for i, content in enumerate(assistant_contents):
+        messages += [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": content}]
+    messages[-1].update(last_extra)
+    return validate_record({"id": "chat", "messages": messages})
+
+
+@pytest.mark.parametrize("exhaustive", [False, True])
+def test_another_models_stop_string_in_content_is_plain_text(exhaustive):
+    # `</s>` ends a Llama-2 turn but is ordinary text for Qwen: the span must run on to Qwen's own <|im_end|>.
+    r = render_with_mask(_chat("Done: <s>old</s>"), _tok("qwen2.5-instruct"), exhaustive=exhaustive)
+    assert _trained(r) == ["Done: <s>old</s><|im_end|>"]
+
+
+@pytest.mark.parametrize("exhaustive", [False, True])
+def test_content_holding_the_templates_own_end_of_turn_is_declined(exhaustive):
+    with pytest.raises(RenderError, match="contains the end-of-turn token '<|im_end|>'"):
+        render_with_mask(_chat("cut <|im_end|> here"), _tok("qwen2.5-instruct"), exhaustive=exhaustive)
+
+
+@pytest.mark.parametrize("exhaustive", [False, True])
+def test_qwen3_history_turn_with_reasoning_is_declined_not_trained_without_it(exhaustive):
+    # Qwen3 strips reasoning from history turns; training "Hello!" alone would teach the model to skip its thought.
+    record = _chat("<think>\nGreet back.\n</think>\n\nHello!", "<think>\nOk.\n</think>\n\nBye!")
+    with pytest.raises(RenderError) as e:
+        render_with_mask(record, _tok("qwen3"), exhaustive=exhaustive)
+    assert e.value.reason == "mask_mismatch" and "Greet back." in str(e.value)
+    # The last turn keeps its reasoning, so a single turn with a thought trains it.
+    r = render_with_mask(_chat("<think>\nOk.\n</think>\n\nBye!"), _tok("qwen3"), exhaustive=exhaustive)
+    assert _trained(r) == ["<think>\nOk.\n</think>\n\nBye!<|im_end|>"]
+
+
+def test_reasoning_content_reaches_the_template_and_is_trained():
+    r = render_with_mask(_chat("4", reasoning_content="add two and two"), _tok("qwen3"))
+    assert _trained(r) == ["<think>\nadd two and two\n</think>\n\n4<|im_end|>"]
+    # A template with no place for reasoning declines the record instead of dropping the thought.
+    with pytest.raises(RenderError, match="add two and two"):
+        render_with_mask(_chat("4", reasoning_content="add two and two"), _tok("qwen2.5-instruct"))

@@ -197,9 +197,13 @@ def tokenizer_hash(tokenizer: Any) -> str:
 
 
 def _code_hash() -> str:
-    """The source of data_builders/*.py (render, filters, validation, this file...): an edit invalidates caches."""
+    """The source of data_builders/*.py and the built-in prompt formats (render, filters, validation, this
+    file...), and the transformers version (its Jinja environment renders templates): an edit invalidates caches."""
+    import transformers
+
     here = Path(__file__).resolve().parent
-    return _hash(*(p.read_text() for p in sorted(here.glob("*.py"))))
+    files = sorted(here.glob("*.py")) + sorted(here.glob("prompt_formats/*.jinja"))
+    return _hash(transformers.__version__, *(p.read_text() for p in files))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -43,11 +43,12 @@ def has_trained_message(record: Trajectory) -> bool:
 
 
 def exact_key(record: Trajectory) -> int:
-    """Signed 64-bit hash of the normalised conversation: messages (role, stripped content, calls) and tools by name."""
+    """Signed 64-bit hash of the normalised conversation: messages (role, stripped content, calls, trained) and tools."""
     messages = []
     for m in record["messages"]:
         calls = [[c["function"]["name"], c["function"]["arguments"]] for c in m.get("tool_calls") or ()]
-        messages.append([m["role"], (m.get("content") or "").strip(), calls, m.get("name", "")])
+        # Whether a message is trained is part of the record: the same chat with other loss flags trains other tokens.
+        messages.append([m["role"], (m.get("content") or "").strip(), calls, m.get("name", ""), message_trained(m)])
     tools = sorted((t["function"] for t in record.get("tools") or ()), key=lambda f: f["name"])
     text = json.dumps([messages, tools], sort_keys=True, ensure_ascii=False)
     return _signed(xxhash.xxh3_64_intdigest(text.encode("utf-8")))

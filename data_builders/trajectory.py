@@ -264,6 +264,8 @@ def iter_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
 
 def parse_line(raw: bytes) -> Any:
     """Decode one JSONL line; raises InvalidRecord (bad_utf8 / bad_json / not_object)."""
+    if raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark (editors on Windows write one on line 1)
+        raw = raw[3:]
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

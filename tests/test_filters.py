@@ -133,3 +133,13 @@ def test_sampling_is_deterministic_and_takes_whole_epochs_first():
     assert a.tolist() == b.tolist()
     assert np.bincount(a, minlength=4).min() >= 2  # 250 = 2 full epochs (200) + 50 more
     assert abs(int(trained[a].sum()) - 250) <= 20
+
+
+def test_exact_key_tells_apart_records_that_differ_only_in_loss_flags():
+    from trajtune.data_builders.filters import exact_key
+    from trajtune.data_builders.trajectory import validate_record
+
+    chat = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
+    no_loss = {"messages": [chat["messages"][0], {**chat["messages"][1], "loss": False}]}
+    assert exact_key(validate_record(chat)) != exact_key(validate_record(no_loss))
+    assert exact_key(validate_record(chat)) == exact_key(validate_record({**chat, "id": "other"}))

@@ -143,3 +143,13 @@ def test_read_trajectories_skips_blank_lines_and_keeps_exact_books(tmp_path):
     assert ledger.summary() == {"read": 4, "kept": 2, "quarantined": 2, "by_reason": {"bad_json": 1, "bad_utf8": 1}}
     rows = [json.loads(line) for line in sink.getvalue().splitlines()]
     assert [(r["line"], r["reason"]) for r in rows] == [(4, "bad_json"), (6, "bad_utf8")]
+
+
+def test_a_utf8_byte_order_mark_on_line_one_is_not_a_bad_record(tmp_path):
+    from trajtune.data_builders.trajectory import Ledger, read_trajectories
+
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"messages": [{"role": "user", "content": "hi"}]}\n')
+    ledger = Ledger()
+    assert [r["messages"][0]["content"] for r in read_trajectories(path, ledger)] == ["hi"]
+    assert ledger.summary() == {"read": 1, "kept": 1, "quarantined": 0, "by_reason": {}}

@@ -22,8 +22,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="Config overrides, e.g. lr=1e-5 micro_batch_size=2 lora.r=16.")
     parser.add_argument("--keys", action="store_true", help="List every config key with its default and help, exit.")
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=None,
-                        help="Set by the deepspeed launcher; ranks are read from the environment.")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -34,8 +32,6 @@ def run(args: argparse.Namespace) -> int:
         for key, default, help_text in describe(TrainConfig):
             print(f"{key:<24} {default:<28} {help_text}")
         return 0
-    if args.local_rank is not None:
-        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     cfg = load_config(TrainConfig, args.config, args.overrides)
     rank = int(os.environ.get("RANK", 0))
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stderr,

@@ -77,12 +77,14 @@ def config(data: Path, model: Path, out: Path, **overrides) -> TrainConfig:
     return load_config(TrainConfig, None, [f"{k}={v}" for k, v in base.items()])
 
 
-def test_collate_shifts_targets_and_isolates_padding():
+def test_collate_joins_packs_into_one_row_and_masks_every_boundary():
     rows = [{"input_ids": [5, 6, 7, 8, 9], "labels": [-100, 6, -100, 8, 9], "position_ids": [0, 1, 0, 1, 2]},
             {"input_ids": [1, 2], "labels": [-100, 2], "position_ids": [0, 1]}]
     b = collate(rows)
-    assert b["targets"].tolist() == [[6, -100, 8, 9, -100], [2, -100, -100, -100, -100]]
-    assert b["position_ids"].tolist() == [[0, 1, 0, 1, 2], [0, 1, 0, 1, 2]]  # padding restarts at 0
+    # One row (flash-attn in transformers finds sample boundaries from position_ids only at batch size 1).
+    assert b["input_ids"].tolist() == [[5, 6, 7, 8, 9, 1, 2]]
+    assert b["targets"].tolist() == [[6, -100, 8, 9, -100, 2, -100]]
+    assert b["position_ids"].tolist() == [[0, 1, 0, 1, 2, 0, 1]]
     assert b["lengths"].tolist() == [5, 2]
 
 
@@ -290,3 +292,34 @@ def test_ds_config_gets_batch_sizes_from_the_run_and_refuses_its_own(tmp_path):
         path.write_text(json.dumps(bad))
         with pytest.raises(TrajtuneError, match=message):
             build_ds_config(path, cfg, accumulation=4, world_size=8)
+
+
+class _FakeEngine:
+    """Just enough of the engine interface for checkpoint.save: one rank, a file per checkpoint."""
+
+    rank, world_size = 0, 1
+
+    def barrier(self) -> None:
+        pass
+
+    def save_checkpoint(self, path) -> None:
+        (Path(path) / "weights.txt").write_text("w")
+
+
+def test_rotation_never_deletes_the_checkpoint_just_saved(tmp_path):
+    from trajtune.trainer import checkpoint
+
+    engine = _FakeEngine()
+    for step in (400, 500, 150):  # a run resumed from an older checkpoint saves below newer ones
+        checkpoint.save(engine, tmp_path, step, {}, keep_last=2)
+    assert checkpoint.latest_checkpoint(tmp_path).name == checkpoint.step_name(150)
+    assert checkpoint.latest_checkpoint(tmp_path).is_dir()
+    for step in (160, 170):
+        checkpoint.save(engine, tmp_path, step, {}, keep_last=2)
+    kept = sorted(p.name for p in checkpoint.checkpoints_dir(tmp_path).glob("step_*"))
+    assert kept == [checkpoint.step_name(s) for s in (160, 170, 400, 500)]  # rotation within this timeline only
+
+
+def test_merge_lora_without_lora_is_refused_before_training(tmp_path):
+    with pytest.raises(TrajtuneError, match="merge_lora=true needs a LoRA run"):
+        config(tmp_path, tmp_path, tmp_path, merge_lora=True).check()

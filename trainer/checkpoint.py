@@ -111,13 +111,20 @@ def save(engine: Any, output_dir: str | Path, step: int, trainer_state: dict[str
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=2) + "\n")
     engine.barrier()
     if engine.rank == 0:
+        replaced = root / f".old-{step_name(step)}"
         if final.exists():  # same step saved twice (e.g. a signal right at save_steps): keep the newer
-            shutil.rmtree(final)
+            # Moved aside, not deleted, until `latest` is rewritten: a crash here leaves no dangling pointer.
+            shutil.rmtree(replaced, ignore_errors=True)
+            os.replace(final, replaced)
         os.replace(tmp, final)
         pointer_tmp = root / f".{LATEST}.tmp"
         pointer_tmp.write_text(final.name + "\n")
         os.replace(pointer_tmp, root / LATEST)
-        for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep_last]:
+        shutil.rmtree(replaced, ignore_errors=True)
+        # Rotate among this timeline only: checkpoints newer than `step` (left by a run resumed from an older
+        # one) are not ours to judge, and sorting by name would otherwise delete the one just saved.
+        ours = sorted(p for p in root.glob("step_*") if p.is_dir() and p.name <= final.name)
+        for old in ours[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     engine.barrier()
     return final

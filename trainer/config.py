@@ -36,7 +36,7 @@ class TrainConfig:
     # Runtime
     engine: Literal["auto", "deepspeed", "torch"] = field(
         default="auto", metadata={"help": "deepspeed, torch (plain PyTorch, one process, for debugging), or auto "
-                                          "(deepspeed when launched with several ranks or ds_config is set)."})
+                                          "(deepspeed with several ranks or on a GPU, else torch)."})
     ds_config: str = field(default="ds_configs/zero3.json",
                            metadata={"help": "DeepSpeed config JSON (zero2 / zero3 / zero3_offload); batch sizes, lr "
                                              "and clipping are filled from this config."})
@@ -98,6 +98,8 @@ class TrainConfig:
             raise TrajtuneError(f"adam_betas must be two numbers, got {self.adam_betas}")
         if self.lora.r < 0:
             raise TrajtuneError(f"lora.r must be >= 0, got {self.lora.r}")
+        if self.merge_lora and self.lora.r == 0:
+            raise TrajtuneError("merge_lora=true needs a LoRA run (lora.r > 0); a full fine-tune exports full weights")
 
     def accumulation_steps(self, world_size: int) -> int:
         """Micro-batches per rank per step; the global batch must be micro × accumulation × world exactly."""

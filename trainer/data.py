@@ -75,33 +75,33 @@ def step_micro_batches(num_packs: int, seed: int, step: int, global_batch: int, 
     return [mine[i: i + micro] for i in range(0, per_rank, micro)]
 
 
-def collate(rows: list[dict[str, list[int]]], pad_id: int = 0) -> dict[str, torch.Tensor]:
-    """Packs -> {input_ids, position_ids, targets} of shape [B, T] (int64), T = longest pack; targets shifted;
-    plus `lengths` [B], the packs' real (unpadded) lengths.
+def collate(rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+    """Packs -> {input_ids, position_ids, targets} of shape [1, sum of pack lengths] (int64), targets shifted;
+    plus `lengths` [B], the packs' lengths.
 
+    The micro-batch's packs are joined into ONE row: transformers' flash-attention path reads sample boundaries
+    from position_ids only at batch size 1 (with more rows it runs plain causal attention over each row, and
+    packed samples would see each other); one row is also free of padding. Every backend reads the same row.
     Example: one pack of samples [a b] and [c d e], labels trained on b, d, e:
     input_ids [a b c d e], position_ids [0 1 0 1 2], targets [b -100 d e -100]
     (b is a's next token; b -> c crosses a sample boundary, so it is masked).
     """
-    longest = max(len(r["input_ids"]) for r in rows)
-    input_ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
-    position_ids = torch.zeros((len(rows), longest), dtype=torch.long)
-    targets = torch.full((len(rows), longest), IGNORE, dtype=torch.long)
+    ids, positions, targets = [], [], []
     for b, row in enumerate(rows):
         n = len(row["input_ids"])
         if not (len(row["labels"]) == len(row["position_ids"]) == n):
             raise TrajtuneError(f"pack {b}: input_ids, labels and position_ids differ in length; rebuild the dataset")
-        ids = torch.tensor(row["input_ids"], dtype=torch.long)
         pos = torch.tensor(row["position_ids"], dtype=torch.long)
         labels = torch.tensor(row["labels"], dtype=torch.long)
-        input_ids[b, :n] = ids
-        position_ids[b, :n] = pos
-        position_ids[b, n:] = torch.arange(longest - n)  # padding is its own sequence
-        shifted = labels[1:].clone()
-        shifted[pos[1:] == 0] = IGNORE  # next token belongs to the next sample
-        targets[b, : n - 1] = shifted
+        shifted = torch.full((n,), IGNORE, dtype=torch.long)  # the pack's last token predicts nothing
+        shifted[:-1] = labels[1:]
+        shifted[:-1][pos[1:] == 0] = IGNORE  # next token belongs to the next sample
+        ids.append(torch.tensor(row["input_ids"], dtype=torch.long))
+        positions.append(pos)
+        targets.append(shifted)
     lengths = torch.tensor([len(r["input_ids"]) for r in rows], dtype=torch.long)
-    return {"input_ids": input_ids, "position_ids": position_ids, "targets": targets, "lengths": lengths}
+    return {"input_ids": torch.cat(ids)[None], "position_ids": torch.cat(positions)[None],
+            "targets": torch.cat(targets)[None], "lengths": lengths}
 
 
 def fetch(dataset: Any, indices: list[int]) -> list[dict[str, list[int]]]:

@@ -23,7 +23,7 @@ import numpy as np
 import xxhash
 
 from trajtune.data_builders.errors import TrajtuneError
-from trajtune.data_builders.trajectory import Trajectory, message_trained
+from trajtune.data_builders.trajectory import InvalidRecord, Trajectory, message_trained, validate_record
 
 # Why a build drops a record (besides the validation reasons of trajectory.REASONS and render's own reasons).
 DROP_REASONS = {
@@ -88,6 +88,7 @@ def ngram_hashes(tokens: list[str], n: int) -> set[int]:
 # MinHash near-duplicate keys
 
 NUM_PERM, BANDS, SHINGLE = 128, 16, 5
+MIN_SHORT_WORDS = 8  # eval items shorter than n words are matched whole, from this many words up
 _rng = np.random.default_rng(20240607)  # fixed: signatures must be comparable across runs and processes
 _PERM_A = _rng.integers(1, 2**63, NUM_PERM, dtype=np.uint64) | np.uint64(1)  # odd multipliers
 _PERM_B = _rng.integers(0, 2**63, NUM_PERM, dtype=np.uint64)
@@ -134,7 +135,7 @@ def _strings(obj: Any) -> list[str]:
     if isinstance(obj, str):
         return [obj]
     if isinstance(obj, dict):
-        return [s for v in obj.values() for s in _strings(v)]
+        return [s for k, v in obj.items() if k != "id" for s in _strings(v)]
     if isinstance(obj, list):
         return [s for v in obj for s in _strings(v)]
     return []
@@ -154,9 +155,17 @@ class DecontamIndex:
         self.n = n
         self.files = [str(f) for f in files]
         self.owner: dict[int, str] = {}  # n-gram hash -> the first eval id that has it
+        # Eval items shorter than n words (a BFCL question, say) would never match a longer record's n-grams:
+        # they are matched whole, as k-grams of their own length k. Below MIN_SHORT_WORDS they are too generic.
+        self.short: dict[int, dict[int, str]] = {}  # k -> whole-item hash -> eval id
         for path in files:
             for item_id, text in self._items(Path(path)):
-                for h in ngram_hashes(words(text), n):
+                tokens = words(text)
+                if len(tokens) < n:
+                    if len(tokens) >= min(MIN_SHORT_WORDS, n):
+                        self.short.setdefault(len(tokens), {}).setdefault(*ngram_hashes(tokens, n), item_id)
+                    continue
+                for h in ngram_hashes(tokens, n):
                     self.owner.setdefault(h, item_id)
 
     @staticmethod
@@ -178,13 +187,20 @@ class DecontamIndex:
         for lineno, obj in entries:
             item_id = str(obj["id"]) if isinstance(obj, dict) and "id" in obj else f"{path.name}:{lineno}"
             if isinstance(obj, dict) and isinstance(obj.get("messages"), list):
-                text = "\n".join(m.get("content") or "" for m in obj["messages"]
-                                 if isinstance(m, dict) and m.get("role") in ("user", "assistant") and isinstance(m.get("content"), str))
-            else:
-                text = "\n".join(_strings(obj))
-            yield item_id, text
+                try:  # the same text training records are compared on: contents, call names and arguments
+                    text = dialogue_text(validate_record(obj))
+                except InvalidRecord:
+                    text = "\n".join(m.get("content") or "" for m in obj["messages"] if isinstance(m, dict)
+                                     and m.get("role") in ("user", "assistant") and isinstance(m.get("content"), str))
+                yield item_id, text
+            else:  # each string its own text: a short question is not glued to the function docs after it
+                for text in _strings(obj):
+                    yield item_id, text
 
     def overlaps(self, record: Trajectory) -> list[str]:
         """The eval ids whose n-grams this record's user/assistant text contains (sorted; empty = clean)."""
-        found = {self.owner[h] for h in ngram_hashes(words(dialogue_text(record)), self.n) if h in self.owner}
+        tokens = words(dialogue_text(record))
+        found = {self.owner[h] for h in ngram_hashes(tokens, self.n) if h in self.owner}
+        for k, whole in self.short.items():
+            found |= {whole[h] for h in ngram_hashes(tokens, k) if h in whole}
         return sorted(found)

@@ -143,3 +143,36 @@ def test_exact_key_tells_apart_records_that_differ_only_in_loss_flags():
     no_loss = {"messages": [chat["messages"][0], {**chat["messages"][1], "loss": False}]}
     assert exact_key(validate_record(chat)) != exact_key(validate_record(no_loss))
     assert exact_key(validate_record(chat)) == exact_key(validate_record({**chat, "id": "other"}))
+
+
+def test_decontamination_finds_an_eval_item_shorter_than_n_inside_a_longer_record(tmp_path):
+    from trajtune.data_builders.filters import DecontamIndex
+    from trajtune.data_builders.trajectory import validate_record
+
+    evals = tmp_path / "eval.jsonl"
+    evals.write_text('{"id": "q1", "question": "What is the weather in Beijing today please"}\n'
+                     '{"id": "q2", "question": "Hello there"}\n')  # too short (2 words) to mean anything
+    index = DecontamIndex([evals], n=13)
+    record = validate_record({"messages": [
+        {"role": "user", "content": "Quick one. What is the weather in Beijing today, please? Thanks a lot, hello there."},
+        {"role": "assistant", "content": "Sunny."}]})
+    assert index.overlaps(record) == ["q1"]
+    clean = validate_record({"messages": [{"role": "user", "content": "What is the weather in Paris today please"},
+                                          {"role": "assistant", "content": "Rain."}]})
+    assert index.overlaps(clean) == []
+
+
+def test_decontamination_of_canonical_eval_records_includes_tool_call_arguments(tmp_path):
+    from trajtune.data_builders.filters import DecontamIndex
+    from trajtune.data_builders.trajectory import validate_record
+
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {
+        "type": "object", "properties": {"q": {"type": "string"}}}}}]
+    call = {"type": "function", "function": {"name": "lookup", "arguments": {
+        "q": "one two three four five six seven eight nine ten eleven twelve thirteen"}}}
+    eval_record = {"id": "e1", "tools": tools, "messages": [{"role": "user", "content": "go"},
+                                                             {"role": "assistant", "content": None, "tool_calls": [call]}]}
+    evals = tmp_path / "eval.jsonl"
+    evals.write_text(json.dumps(eval_record) + "\n")
+    train = validate_record({**eval_record, "id": "t1"})
+    assert DecontamIndex([evals], n=13).overlaps(train) == ["e1"]

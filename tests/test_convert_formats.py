@@ -282,3 +282,20 @@ def test_records_report_the_line_each_json_element_starts_on(tmp_path):
         (line, type(obj).__name__ if not isinstance(obj, dict) else "dict") for line, _, obj in converters.records(path)
     ]
     assert got == [(2, "dict"), (4, "dict"), (5, "InvalidRecord"), (6, "InvalidRecord")]
+
+
+def test_hermes_tool_turn_text_outside_response_blocks_is_quarantined_not_dropped(tmp_path):
+    record = {"id": "h1", "conversations": [
+        {"from": "system", "value": '<tools>[{"type": "function", "function": {"name": "f", "parameters": '
+                                    '{"type": "object", "properties": {}}}}]</tools>'},
+        {"from": "human", "value": "call f"},
+        {"from": "gpt", "value": '<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>'},
+        {"from": "tool", "value": '<tool_response>\n{"name": "f", "content": 1}\n</tool_response>\nExtra note.'},
+        {"from": "gpt", "value": "done"}]}
+    path = tmp_path / "hermes.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    out, summary = convert(path, "hermes")
+    assert out == [] and summary["by_reason"] == {"unsupported": 1}
+    path.write_text(json.dumps(record).replace("\\nExtra note.", "") + "\n")
+    out, summary = convert(path, "hermes")
+    assert len(out) == 1 and out[0]["messages"][3]["content"] == "1"

@@ -62,6 +62,10 @@ def convert(record: Any, rid: str, ctx: FileContext | None = None) -> Trajectory
             rest = _CALL.sub("", text).strip()
             out_messages.append({**m, "content": rest or None, "tool_calls": calls})
         elif m["role"] == "tool" and "<tool_response>" in text:
+            outside = _RESPONSE.sub("", text).strip()
+            if outside:  # text beside the response blocks: no canonical place for it, and it must not vanish
+                raise InvalidRecord("unsupported", f"{where}: tool turn has text outside <tool_response> blocks: "
+                                    f"{outside[:80]!r}")
             for body in _RESPONSE.findall(text):
                 try:
                     response = loose_json(body.strip(), f"{where} <tool_response>")

@@ -55,8 +55,16 @@ def run(args: argparse.Namespace) -> int:
         raise TrajtuneError(f"--merge: the run in {ckpt} fine-tuned the full model (lora.r=0); there is nothing to merge")
     state = json.loads((ckpt / "trainer_state.json").read_text())
     state_dict = load_consolidated_state_dict(ckpt)
-    # The skeleton: same architecture and LoRA wrapping as in training, on CPU; its weights are replaced.
-    model, _ = load_model(cfg.model, dtype=torch.float32, attn="sdpa", lora=lora)
+    # The skeleton: same architecture (and LoRA wrapping) as in training; its weights are replaced. A full
+    # fine-tune's skeleton lives on the meta device: every weight comes from the checkpoint, so loading the base
+    # model's weights too would cost its whole size in memory for nothing.
+    if lora is None:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cfg.model))
+    else:
+        model, _ = load_model(cfg.model, dtype=torch.float32, attn="sdpa", lora=lora)
 
     from transformers import AutoTokenizer
 

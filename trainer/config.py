@@ -13,6 +13,8 @@ from typing import Literal
 
 from trajtune.data_builders.errors import TrajtuneError
 
+DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")  # attention projections of Llama/Qwen/Mistral
+
 
 @dataclass
 class LoraSettings:
@@ -21,7 +23,7 @@ class LoraSettings:
     r: int = field(default=0, metadata={"help": "LoRA rank; 0 = off (full fine-tuning)."})
     alpha: int = field(default=16, metadata={"help": "LoRA alpha (the update is scaled by alpha / r)."})
     dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA branch."})
-    targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_LORA_TARGETS),
                                metadata={"help": "Module names that get adapters (e.g. [q_proj,v_proj])."})
 
 

@@ -15,14 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from trajtune.data_builders.errors import TrajtuneError
 from trajtune.trainer.attention import VARLEN_NAME, choose_backend, register_varlen
+from trajtune.trainer.config import DEFAULT_LORA_TARGETS
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
 log = logging.getLogger("trajtune.modeling")
-
-DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
 def _zero_stage(ds_config: dict | None) -> int:

@@ -12,11 +12,8 @@ from typing import Any
 
 from trajtune.data_builders.converters.common import (
     FileContext,
-    finish,
-    meta_with_extras,
-    source_id,
+    finish_chat,
     tool_content,
-    tools_from_specs,
 )
 from trajtune.data_builders.trajectory import InvalidRecord, Trajectory
 
@@ -66,10 +63,4 @@ def convert(record: Any, rid: str, ctx: FileContext | None = None) -> Trajectory
             raise InvalidRecord(
                 "bad_role", f"{where} has role {role!r}; ChatGLM3 records use system/user/assistant/tool"
             )
-    out = {
-        "id": source_id(record, rid),
-        "tools": tools_from_specs(record.get("tools"), "`tools`"),
-        "messages": messages,
-        "meta": meta_with_extras(record, _USED),
-    }
-    return finish(out, NAME, rid)
+    return finish_chat(record, rid, messages, _USED, NAME)

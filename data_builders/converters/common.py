@@ -41,6 +41,19 @@ def finish(record: dict[str, Any], source: str, rid: str, keep_empty_meta: bool 
     return validate_record(out)
 
 
+def finish_chat(record: dict[str, Any], rid: str, messages: list[dict[str, Any]], used: frozenset[str] | set[str],
+                source: str) -> Trajectory:
+    """`finish` for the chat-shaped formats (ShareGPT, ChatGLM3, LLaMA-Factory v1): the record's own id and
+    `tools` specs, the converted `messages`, and every key not in `used` kept in `meta`."""
+    out = {
+        "id": source_id(record, rid),
+        "tools": tools_from_specs(record.get("tools"), "`tools`"),
+        "messages": messages,
+        "meta": meta_with_extras(record, used),
+    }
+    return finish(out, source, rid)
+
+
 def source_id(record: dict[str, Any], rid: str, *keys: str) -> str:
     """The record's own id under the first of `keys` present (stringified), else the `<stem>:<line>` id."""
     for key in keys or ("id",):

@@ -16,11 +16,8 @@ from typing import Any
 from trajtune.data_builders.converters.common import (
     FileContext,
     calls_from_text,
-    finish,
-    meta_with_extras,
-    source_id,
+    finish_chat,
     tool_content,
-    tools_from_specs,
 )
 from trajtune.data_builders.trajectory import InvalidRecord, Trajectory
 
@@ -103,10 +100,4 @@ def convert(record: Any, rid: str, ctx: FileContext | None = None) -> Trajectory
             messages.extend(results)
             continue
         messages.append(msg)
-    out = {
-        "id": source_id(record, rid),
-        "tools": tools_from_specs(record.get("tools"), "`tools`"),
-        "messages": messages,
-        "meta": meta_with_extras(record, _USED),
-    }
-    return finish(out, NAME, rid)
+    return finish_chat(record, rid, messages, _USED, NAME)

@@ -14,10 +14,7 @@ from typing import Any
 from trajtune.data_builders.converters.common import (
     FileContext,
     calls_from_text,
-    finish,
-    meta_with_extras,
-    source_id,
-    tools_from_specs,
+    finish_chat,
 )
 from trajtune.data_builders.trajectory import InvalidRecord, Trajectory
 
@@ -76,10 +73,4 @@ def convert(record: Any, rid: str, ctx: FileContext | None = None, source: str =
     system = record.get("system")
     if isinstance(system, str) and system and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system})
-    out = {
-        "id": source_id(record, rid),
-        "tools": tools_from_specs(record.get("tools"), "`tools`"),
-        "messages": messages,
-        "meta": meta_with_extras(record, _USED),
-    }
-    return finish(out, source, rid)
+    return finish_chat(record, rid, messages, _USED, source)

@@ -1,10 +1,11 @@
 """`trajtune build`: canonical trajectories -> a packed, masked, mixed token dataset + manifest.json.
 
 Stages, per source file (every drop is counted by reason and written to OUT/dropped.jsonl with file and line):
-1. read    JSONL lines streamed into an Arrow cache (`Dataset.from_generator`, keyed by path+size+mtime);
+1. index   the byte range of every non-blank line (`_line_index`: NumPy over 4 MB reads, cached by path+size+mtime);
 2. process `datasets.map(num_proc=N)` of the pure per-record function `process_record`, a batch at a time
-           (`process_records`: the batch's texts are tokenized in one call, render.render_batch): parse + validate,
-           no-trained-message filter, decontamination, dedup keys, render + mask, over-long drop/truncate;
+           (each batch's lines are one read from the file, their texts tokenized in one call, render.render_batch):
+           parse + validate, no-trained-message filter, decontamination, dedup keys, render + mask, over-long
+           drop/truncate;
            its fingerprint is a hash of everything it depends on, so a re-run reads the cache;
 3. dedup   global, across sources in --data order: exact keys, then MinHash bands (`--dedup near`);
 4. split   --val-fraction of each source's kept records held out for validation (by record, before packing);
@@ -43,7 +44,7 @@ import xxhash
 
 from trajtune.data_builders import filters, mix, pack
 from trajtune.data_builders.errors import TrajtuneError
-from trajtune.data_builders.trajectory import InvalidRecord, parse_line, validate_record
+from trajtune.data_builders.trajectory import InvalidRecord, iter_lines, parse_line, validate_record
 
 FORMAT_VERSION = 1
 PACK_CHUNK = 64  # packs gathered and written per step: bounds the tokens held in memory
@@ -162,18 +163,51 @@ def _after_render(row: dict[str, Any], rendered, job: RecordJob) -> dict[str, An
     return row
 
 
-def _process_batch(batch: dict[str, list], job: RecordJob) -> dict[str, list]:
-    rows = process_records(batch["raw"], job)
-    out = {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
-    out["line"] = batch["line"]
-    return out
+def _process_batch(batch: dict[str, list], job: RecordJob, path: str):
+    """One map batch of line ranges (see `_line_index`) -> its processed rows, as an Arrow table of `_features()`.
+
+    The batch's lines are contiguous in the file, so their bytes come in one read."""
+    import pyarrow as pa
+
+    first, last = batch["start"][0], batch["end"][-1]
+    with open(path, "rb") as f:
+        f.seek(first)
+        buf = f.read(last - first)
+    rows = process_records([buf[s - first:e - first].rstrip(b"\r\n") for s, e in zip(batch["start"], batch["end"])], job)
+    col = {k: [r[k] for r in rows] for k in rows[0]}
+    return pa.table({
+        **{k: pa.array(col[k], pa.string()) for k in ("id", "reason", "detail")},
+        "input_ids": pa.array(col["input_ids"], pa.list_(pa.int32())),
+        "loss_mask": pa.array(col["loss_mask"], pa.list_(pa.int8())),
+        "n_tokens": pa.array(col["n_tokens"], pa.int32()), "n_trained": pa.array(col["n_trained"], pa.int32()),
+        "truncated": pa.array(col["truncated"], pa.bool_()), "key": pa.array(col["key"], pa.int64()),
+        "bands": pa.array(col["bands"], pa.list_(pa.int64())), "line": pa.array(batch["line"], pa.int64()),
+    }, schema=_features().arrow_schema)
 
 
-def _read_lines(path: str):
-    from trajtune.data_builders.trajectory import iter_lines
+def _line_index(path: str, fingerprint: str, cache_dir: str | None):
+    """The non-blank lines of `path` as a memory-mapped Dataset of (line, start, end) byte ranges (24 bytes a line,
+    built at NumPy speed by `scan_lines`), cached under the datasets cache by the file's path, size and mtime.
+    The map reads each batch's bytes straight from the file: the text is never copied into a cache."""
+    import datasets
+    import pyarrow as pa
+    from datasets import Dataset, Features, Value
+    from datasets.arrow_writer import ArrowWriter
 
-    for lineno, raw in iter_lines(path):
-        yield {"line": lineno, "raw": raw}
+    from trajtune.data_builders.trajectory import scan_lines
+
+    root = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "trajtune_lines"
+    target = root / f"lines-{fingerprint[:32]}.arrow"
+    if not target.is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+        features = Features({k: Value("int64") for k in ("line", "start", "end")})
+        with ArrowWriter(features=features, path=str(tmp)) as writer:
+            for numbers, starts, ends in scan_lines(path):
+                writer.write_table(pa.table({"line": numbers, "start": starts, "end": ends}))
+            writer.finalize()
+        os.replace(tmp, target)  # atomic: a concurrent or interrupted build never reads half an index
+    return Dataset.from_file(str(target))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -249,7 +283,7 @@ def _check(cfg: BuildConfig) -> list[mix.SourceSpec]:
         if not Path(s.path).is_file():
             hint = "; the syntax is PATH, PATH:WEIGHT (WEIGHT > 0) or PATH:xEPOCHS" if ":" in s.path else ""
             raise TrajtuneError(f"--data {s.path}: no such file{hint}")
-        if next(_read_lines(s.path), None) is None:
+        if next(iter_lines(s.path), None) is None:
             raise TrajtuneError(f"--data {s.path}: the file has no records (only blank lines); remove it from --data")
     if len({str(Path(s.path).resolve()) for s in specs}) < len(specs):
         raise TrajtuneError("the same file is given twice in --data; give it once with the weight or epochs you want")
@@ -262,8 +296,6 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
     If OUT holds a build of the same inputs, config, tokenizer and code, it is kept as is (near instant).
     """
     import pyarrow.compute as pc
-    from datasets import Dataset, Features, Value
-
     started = time.time()
     specs = _check(cfg)
     tok = _load_tokenizer(cfg)
@@ -286,9 +318,8 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
     processed = []
     for s in specs:
         fp = file_fingerprint(s.path)
-        lines = Dataset.from_generator(_read_lines, gen_kwargs={"path": s.path}, fingerprint=fp, cache_dir=cfg.cache_dir,
-                                       features=Features({"line": Value("int64"), "raw": Value("binary")}))
-        ds = lines.map(_process_batch, batched=True, batch_size=BATCH, fn_kwargs={"job": job}, remove_columns=["raw"],
+        lines = _line_index(s.path, fp, cfg.cache_dir)
+        ds = lines.map(_process_batch, batched=True, batch_size=BATCH, fn_kwargs={"job": job, "path": s.path},
                        num_proc=cfg.num_proc if cfg.num_proc > 1 and len(lines) > 1 else None,
                        features=_features(), new_fingerprint=_hash(fp, job_key)[:32],
                        desc=f"render {Path(s.path).name}")

@@ -18,6 +18,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any, TypedDict
 
+import numpy as np
+
 ROLES = ("system", "user", "assistant", "tool")
 
 
@@ -260,6 +262,43 @@ def iter_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
         for lineno, raw in enumerate(f, 1):
             if raw.strip():
                 yield lineno, raw.rstrip(b"\r\n")
+
+
+_WHITESPACE = np.zeros(256, dtype=bool)
+_WHITESPACE[list(b" \t\n\r\x0b\x0c")] = True  # what bytes.strip() removes
+
+
+def scan_lines(path: str | Path, block: int = 1 << 22) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The lines `iter_lines` yields, as byte ranges: (line numbers, starts, ends) int64 arrays, a block at a time.
+
+    `raw[start:end].rstrip(b"\\r\\n")` of the file's bytes is `iter_lines`' raw bytes for that line. Vectorised
+    (NumPy over `block`-byte reads), so indexing a file costs a fraction of reading its lines one by one.
+    """
+    with open(path, "rb") as f:
+        base, lineno, carry = 0, 1, b""  # file offset of carry[0], number of the line carry starts
+        while True:
+            chunk = f.read(block)
+            buf = carry + chunk
+            if not buf:
+                return
+            data = np.frombuffer(buf, dtype=np.uint8)
+            ends = np.flatnonzero(data == 10)  # each newline ends a line (it belongs to that line's range)
+            if not chunk and (not len(ends) or ends[-1] != len(buf) - 1):
+                ends = np.append(ends, len(buf) - 1)  # the last line has no newline
+            if not len(ends):  # a line longer than the block: read on
+                carry = buf
+                continue
+            starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
+            stops = ends + 1  # exclusive, the newline included
+            solid = np.concatenate([[0], np.cumsum(~_WHITESPACE[data], dtype=np.int64)])
+            keep = solid[stops] > solid[starts]  # the line has a non-whitespace byte
+            numbers = lineno + np.arange(len(ends), dtype=np.int64)
+            yield numbers[keep], starts[keep] + base, stops[keep] + base
+            lineno += len(ends)
+            base += int(stops[-1])
+            carry = buf[int(stops[-1]):]
+            if not chunk:
+                return
 
 
 def parse_line(raw: bytes) -> Any:

@@ -6,6 +6,7 @@ import random
 import subprocess
 import sys
 from collections import Counter
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -152,6 +153,21 @@ def test_every_drop_reason_is_counted_and_reported(data, tmp_path):
     assert by_reason["bad_json"]["line"] == 31 and by_reason["bad_json"]["file"] == str(src)
     assert by_reason["duplicate"]["detail"] == f"same as {src}:2"
     assert by_reason["near_duplicate"]["id"] == "near" and by_reason["near_duplicate"]["detail"] == f"same as {src}:1"
+
+
+def test_line_numbers_survive_blank_lines_crlf_and_a_missing_final_newline(data, tmp_path):
+    # Two processes, batches of 7 lines: the map reads each batch's byte range straight from the file.
+    good = [json.dumps(r) for r in general_records(40, 9, prefix="g")]
+    body = [good[0], "", "  \t", *good[1:20], "{broken", "", *good[20:]]
+    src = tmp_path / "crlf.jsonl"
+    src.write_bytes(("\r\n".join(body)).encode())  # CRLF line ends, none after the last line
+    with mock.patch("trajtune.data_builders.build.BATCH", 7):
+        manifest = build(config(data, tmp_path / "out", data=[str(src)], num_proc=2, dedup="none"))
+    assert manifest["records_in"] == 41 and manifest["kept"] == 40
+    (bad,) = [json.loads(line) for line in (tmp_path / "out" / "dropped.jsonl").read_text().splitlines()]
+    assert (bad["line"], bad["reason"]) == (23, "bad_json")
+    ds = load_from_disk(str(tmp_path / "out" / "train"))
+    assert sum(len(s) for s in ds["seq_lens"]) == 40  # every kept record packed once, the last one included
 
 
 def test_render_errors_are_dropped_under_the_renderers_reason(data, tmp_path):

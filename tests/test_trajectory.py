@@ -153,3 +153,29 @@ def test_a_utf8_byte_order_mark_on_line_one_is_not_a_bad_record(tmp_path):
     ledger = Ledger()
     assert [r["messages"][0]["content"] for r in read_trajectories(path, ledger)] == ["hi"]
     assert ledger.summary() == {"read": 1, "kept": 1, "quarantined": 0, "by_reason": {}}
+
+
+def test_scan_lines_gives_the_lines_iter_lines_gives_at_any_block_size(tmp_path):
+    import random
+
+    from trajtune.data_builders.trajectory import iter_lines, scan_lines
+
+    rng = random.Random(0)
+    for trial in range(150):
+        parts = []
+        for _ in range(rng.randint(0, 20)):
+            kind = rng.random()
+            if kind < 0.2:
+                parts.append(b"")  # blank
+            elif kind < 0.35:
+                parts.append(rng.choice([b" ", b"\t", b"\r", b"  \x0c", b"\x0b"]))  # whitespace only: blank too
+            else:
+                parts.append(bytes(rng.choice(b'ab {}"\r\t\xef\xbb\xbf') for _ in range(rng.randint(1, 40))))
+        data = b"\n".join(parts) + rng.choice([b"", b"\n", b"\r\n", b"\n\n"])
+        path = tmp_path / f"t{trial}.jsonl"
+        path.write_bytes(data)
+        want = list(iter_lines(path))
+        for block in (1, 3, 16, 1 << 22):  # lines longer than a block are carried over
+            got = [(int(n), data[s:e].rstrip(b"\r\n")) for numbers, starts, ends in scan_lines(path, block)
+                   for n, s, e in zip(numbers, starts, ends)]
+            assert got == want, (trial, block)

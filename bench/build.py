@@ -184,14 +184,18 @@ def main() -> None:
 
     # Contenders alternate and each runs `--repeat` times (fresh cache each time); the best time counts, since
     # other load on a shared machine only ever slows a run down.
-    rows = {}
+    rows, rounds = {}, {4096: [], 2048: []}  # best run per contender; per-round speed-ups
     for rep in range(a.repeat):
         for seq_len in (4096, 2048):
+            times = {}
             for who in ("trajtune",) if a.skip_trl else ("trajtune", "trl"):
                 name = f"{who}{seq_len}-{rep}"
                 r = child(["--one", who, *common(name, [str(agent)], seq_len)])
+                times[who] = r["seconds"]
                 if (who, seq_len) not in rows or r["seconds"] < rows[(who, seq_len)]["seconds"]:
                     rows[(who, seq_len)] = r
+            if "trl" in times:
+                rounds[seq_len].append(times["trl"] / times["trajtune"])
     first = common("trajtune4096-0", [str(agent)], 4096)
     rerun = child(["--one", "trajtune", *first])  # same out: up to date
     # New out dir, same cache: rendering is read from the datasets cache, only packing and writing run again.
@@ -210,7 +214,10 @@ def main() -> None:
     for seq_len in (4096, 2048):
         if ("trl", seq_len) in rows:
             speed = rows[("trl", seq_len)]["seconds"] / rows[("trajtune", seq_len)]["seconds"]
-            print(f"speed-up over TRL @{seq_len}: {speed:.2f}x (wall time, same records)")
+            per_round = sorted(rounds[seq_len])
+            print(f"speed-up over TRL @{seq_len}: {speed:.2f}x best against best (wall time, same records); "
+                  f"per round (back to back): median {per_round[len(per_round) // 2]:.2f}x, "
+                  + " ".join(f"{x:.2f}" for x in rounds[seq_len]))
     tt = rows[("trajtune", 4096)]
     print(f"samples longer than 2048 (TRL truncates them silently): {rows[('trajtune', 2048)]['too_long']} of "
           f"{tt['records']} ({rows[('trajtune', 2048)]['too_long'] / tt['records']:.0%}); trajtune cut them after "

@@ -11,11 +11,9 @@ Stages, per source file (every drop is counted by reason and written to OUT/drop
 4. split   --val-fraction of each source's kept records held out for validation (by record, before packing);
 5. mix     each source sampled to its trained-token target (mix.py), deterministic from --seed;
 6. pack    best-fit-decreasing on lengths only (pack.py), then the packs are written chunk by chunk.
-Memory: the build holds ~60 bytes a record (lengths, keys, flags, sample and bin indices as NumPy arrays;
-~130 more with --dedup near); tokens are only read a chunk of packs at a time from memory-mapped Arrow files.
-Measured (bench/build.py --rss 100000 1000000, short chats, 1 process): peak anonymous RSS 318 -> 381 MiB
-(+20%) for 10x the records. Pages of the memory-mapped files that were read also count in total RSS (756 ->
-1149 MiB); they are clean page cache the kernel reclaims under pressure.
+Memory: the build holds ~70 bytes a record (lengths, keys, flags, sample and bin indices as NumPy arrays;
+~130 more with --dedup near); tokens are read with `os.preadv` a chunk of packs at a time (`_read_tokens`), never
+memory-mapped: packs gather samples from all over the cache files, and page faults would map whole files in.
 
 Output (read by the trainer; do not change without it):
   OUT/manifest.json   counts, drops by reason, mixture, tokens, packing efficiency + L2 bound, tokenizer, seed...
@@ -30,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import mmap
 import os
 import shutil
 import time
@@ -259,10 +256,6 @@ def _pack_features():
     return Features({k: Sequence(Value("int32")) for k in ("input_ids", "labels", "position_ids", "seq_lens")})
 
 
-def _column(ds, name: str) -> np.ndarray:
-    return ds.data.column(name).to_numpy()
-
-
 def _load_tokenizer(cfg: BuildConfig):
     from trajtune.data_builders.tokenizer import load_tokenizer
 
@@ -295,7 +288,6 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
 
     If OUT holds a build of the same inputs, config, tokenizer and code, it is kept as is (near instant).
     """
-    import pyarrow.compute as pc
     started = time.time()
     specs = _check(cfg)
     tok = _load_tokenizer(cfg)
@@ -329,11 +321,12 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
     names = [s.path for s in specs]
     sizes = [len(ds) for ds in processed]
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    ok_of = [pc.equal(ds.data.column("reason"), "").to_numpy().astype(bool) for ds in processed]
-    ok = np.concatenate(ok_of)
+    files, columns = _scan_processed(processed)
+    ok = columns["ok"]
+    ok_of = [ok[offsets[i]:offsets[i + 1]].copy() for i in range(len(processed))]  # before dedup drops more
     global_drop: dict[int, tuple[str, str]] = {}  # global row -> (reason, detail) for dedup drops
     if cfg.dedup != "none":
-        _dedup(processed, offsets, ok, global_drop, names, near=cfg.dedup == "near")
+        _dedup(processed, offsets, ok, columns["key"], global_drop, names, near=cfg.dedup == "near")
 
     out.mkdir(parents=True, exist_ok=True)
     contaminated: list[dict] = []
@@ -342,9 +335,7 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
     # ---- validation split, mixture
     rng = np.random.default_rng(cfg.seed)
     # int32 and bool columns: the build holds a few bytes a record, nothing more (sums upcast to int64).
-    n_tokens = np.concatenate([_column(ds, "n_tokens") for ds in processed]).astype(np.int32)
-    n_trained = np.concatenate([_column(ds, "n_trained") for ds in processed]).astype(np.int32)
-    truncated = np.concatenate([_column(ds, "truncated") for ds in processed]).astype(bool)
+    n_tokens, n_trained, truncated = columns["n_tokens"], columns["n_trained"], columns["truncated"]
     train_rows, val_rows = [], []
     for i in range(len(specs)):
         rows = np.flatnonzero(ok[offsets[i]:offsets[i + 1]]) + offsets[i]
@@ -361,11 +352,11 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
     # ---- pack + write
     tok.save_pretrained(str(out / "tokenizer"))
     train_samples = np.concatenate(sampled).astype(np.int32 if len(ok) < 2**31 else np.int64)
-    train_stats = _pack_and_write(processed, train_samples, n_tokens, n_trained, cfg, out / "train", rng, log)
+    train_stats = _pack_and_write(files, train_samples, n_tokens, n_trained, cfg, out / "train", rng, log)
     val_stats = None
     val_samples = np.concatenate(val_rows) if val_rows else np.zeros(0, np.int64)
     if cfg.val_fraction > 0:
-        val_stats = _pack_and_write(processed, val_samples, n_tokens, n_trained, cfg, out / "validation", rng, log)
+        val_stats = _pack_and_write(files, val_samples, n_tokens, n_trained, cfg, out / "validation", rng, log)
     elif (out / "validation").exists():
         shutil.rmtree(out / "validation")  # a stale split from an earlier build would be read as this one's
 
@@ -409,10 +400,10 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
     return manifest
 
 
-def _dedup(processed, offsets, ok, global_drop, names, near: bool) -> None:
+def _dedup(processed, offsets, ok, keys, global_drop, names, near: bool) -> None:
     """Mark exact (and near) duplicates among the kept rows, in --data order, keeping the first one."""
     rows = np.flatnonzero(ok)
-    keys = np.concatenate([_column(ds, "key") for ds in processed])[rows]
+    keys = keys[rows]
     first = filters.first_index(keys)
     dup = first != np.arange(len(rows))
     _mark(global_drop, "duplicate", rows[dup], rows[first[dup]], processed, offsets, names)
@@ -442,7 +433,7 @@ def _mark(global_drop, reason: str, dropped: np.ndarray, same_as: np.ndarray, pr
     for i, ds in enumerate(processed):
         here = source == i
         if here.any():
-            lines = _column(ds, "line")[same_as[here] - offsets[i]]
+            lines = ds.data.column("line").take(same_as[here] - offsets[i]).to_numpy()
             for g, line in zip(dropped[here].tolist(), lines.tolist()):
                 global_drop[g] = (reason, f"same as {names[i]}:{line}")
 
@@ -471,49 +462,93 @@ def _write_dropped(path: Path, processed, names, ok_of, offsets, global_drop, co
     return counts
 
 
-def _token_table(processed):
-    """input_ids + loss_mask of all processed rows as record batches (in global row order) with each batch's first
-    row, zero-copy over our own read-only memory maps of the datasets cache files, so that the pages read can be
-    dropped from RSS as packs are written. Returns (batches, batch_starts, maps)."""
-    import pyarrow as pa
+@dataclass
+class _TokenFiles:
+    """Where every processed row's input_ids and loss_mask lie in the datasets cache files, for `os.preadv`.
 
-    batches, maps = [], []
+    Rows are numbered globally (sources in order, then their cache files, then record batches). Row r of record
+    batch b holds `n_tokens[r]` values that start `row_start[r] - row_start[first[b]]` values after the batch's
+    first one, at byte `ids_at[b]` (int32 values) and `mask_at[b]` (int8 values) of file `names[file_of[b]]`."""
+
+    names: list[str]
+    first: np.ndarray  # first global row of each record batch
+    file_of: np.ndarray
+    ids_at: np.ndarray
+    mask_at: np.ndarray
+    row_start: np.ndarray  # exclusive cumulative sum of n_tokens: 8 bytes a row
+
+
+SCALARS = {"n_tokens": np.int32, "n_trained": np.int32, "truncated": bool, "key": np.int64}
+
+
+def _scan_processed(processed) -> tuple[_TokenFiles, dict[str, np.ndarray]]:
+    """One sequential read of the datasets cache files: the per-row scalars the build decides on (`ok` = kept so
+    far, and SCALARS), and where each record batch's tokens lie (for `_read_tokens`).
+
+    Why not `ds.data.column(...)` and memory maps: packs gather samples from all over the cache files, and every
+    page fault of a memory map maps up to 64 KB around the page touched, so maps bring whole files into RSS.
+    Reads hold one record batch at a time and touch only the bytes asked for."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    names, first, file_of, ids_at, mask_at = [], [], [], [], []
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("ok", *SCALARS)}
+    row = 0
     for ds in processed:
-        rows = 0
         for cache in ds.cache_files:
-            with open(cache["filename"], "rb") as f:
-                m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            maps.append(m)
-            for batch in pa.ipc.open_stream(pa.py_buffer(m)):
-                batches.append(batch.select(["input_ids", "loss_mask"]))
-                rows += batch.num_rows
-        if rows != len(ds):
-            raise TrajtuneError(f"the datasets cache files {[c['filename'] for c in ds.cache_files]} do not hold the "
-                                f"{len(ds)} rows expected; delete the cache directory (--cache-dir) and build again")
-    starts = np.cumsum([0] + [b.num_rows for b in batches])[:-1]
-    return batches, starts, maps
+            name = cache["filename"]
+            with pa.OSFile(name, "rb") as f:
+                messages = iter(pa.ipc.MessageReader.open_stream(f))
+                schema = pa.ipc.read_schema(next(messages))
+                for message in messages:
+                    body_at = f.tell() - message.body.size  # the reader stops right after each message's body
+                    batch = pa.ipc.read_record_batch(message, schema)
+                    parts["ok"].append(pc.equal(batch.column("reason"), "").to_numpy(zero_copy_only=False))
+                    for k, dtype in SCALARS.items():
+                        parts[k].append(batch.column(k).to_numpy(zero_copy_only=False).astype(dtype))
+                    first.append(row)
+                    file_of.append(len(names))
+                    for column, itemsize, out in (("input_ids", 4, ids_at), ("loss_mask", 1, mask_at)):
+                        lists = batch.column(column)
+                        offsets = lists.offsets.to_numpy()
+                        if not np.array_equal(np.diff(offsets), parts["n_tokens"][-1]):
+                            raise TrajtuneError(f"the datasets cache file {name} is not what this build wrote; "
+                                                "delete the cache directory (--cache-dir) and build again")
+                        values = lists.values
+                        where = values.buffers()[1].address - message.body.address
+                        out.append(body_at + where + itemsize * (values.offset + int(offsets[0])))
+                    row += batch.num_rows
+            names.append(name)
+    columns = {k: np.concatenate(v) if v else np.zeros(0, SCALARS.get(k, bool)) for k, v in parts.items()}
+    if row != sum(len(ds) for ds in processed):
+        raise TrajtuneError(f"the datasets cache files hold {row} rows, not the {sum(len(ds) for ds in processed)} "
+                            "expected; delete the cache directory (--cache-dir) and build again")
+    row_start = np.zeros(row, np.int64)
+    np.cumsum(columns["n_tokens"][:-1], dtype=np.int64, out=row_start[1:])
+    return _TokenFiles(names, np.array(first, np.int64), np.array(file_of, np.int64), np.array(ids_at, np.int64),
+                       np.array(mask_at, np.int64), row_start), columns
 
 
-def _gather(batches, starts: np.ndarray, rows: np.ndarray):
-    """The given global rows (repeats allowed) as one pyarrow Table, in `rows` order. Takes from each record batch
-    separately: Arrow's take on a many-chunk column would first copy the whole column into memory."""
-    import pyarrow as pa
+def _read_tokens(files: _TokenFiles, fds: list[int], rows: np.ndarray, lengths: np.ndarray):
+    """input_ids (int32) and loss_mask (int8) of `rows` (repeats allowed), back to back in `rows` order; `fds` are
+    `files.names` opened."""
+    b = np.searchsorted(files.first, rows, side="right") - 1
+    local = files.row_start[rows] - files.row_start[files.first[b]]
+    dest = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+    ids = np.empty(int(dest[-1]), np.int32)
+    mask = np.empty(int(dest[-1]), np.int8)
+    ids_bytes, mask_bytes = memoryview(ids).cast("B"), memoryview(mask).cast("B")
+    for fd, n, d, at_ids, at_mask in zip([fds[i] for i in files.file_of[b].tolist()], lengths.tolist(),
+                                         dest[:-1].tolist(), (files.ids_at[b] + 4 * local).tolist(),
+                                         (files.mask_at[b] + local).tolist()):
+        if os.preadv(fd, [ids_bytes[4 * d:4 * (d + n)]], at_ids) != 4 * n or \
+                os.preadv(fd, [mask_bytes[d:d + n]], at_mask) != n:
+            raise TrajtuneError("a datasets cache file was cut short while the build read it; build again")
+    return ids, mask
 
-    which = np.searchsorted(starts, rows, side="right") - 1
-    by_batch = np.argsort(which, kind="stable")
-    pieces = []
-    for b in np.unique(which):
-        local = rows[which == b] - starts[b]
-        pieces.append(batches[b].take(pa.array(local)))
-    table = pa.Table.from_batches(pieces).combine_chunks() if pieces else None
-    if table is None:
-        return pa.Table.from_batches([], schema=batches[0].schema) if batches else None
-    restore = np.empty(len(rows), dtype=np.int64)
-    restore[by_batch] = np.arange(len(rows))
-    return table.take(pa.array(restore))
 
-
-def _pack_and_write(processed, samples: np.ndarray, n_tokens, n_trained, cfg: BuildConfig, dest: Path, rng, log):
+def _pack_and_write(files: _TokenFiles, samples: np.ndarray, n_tokens, n_trained, cfg: BuildConfig, dest: Path, rng,
+                    log):
     """Pack `samples` (global row ids, repeats allowed) and save the packs to `dest`; return their statistics."""
     import pyarrow as pa
     from datasets import Dataset
@@ -532,22 +567,21 @@ def _pack_and_write(processed, samples: np.ndarray, n_tokens, n_trained, cfg: Bu
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    batches, batch_starts, maps = _token_table(processed)
     data_file = tmp / "data-00000-of-00001.arrow"
-    with ArrowWriter(features=_pack_features(), path=str(data_file)) as writer:
-        for c0 in tqdm(range(0, n_bins, PACK_CHUNK), desc=f"write {dest.name}", unit="chunk", disable=n_bins == 0):
-            c1 = min(c0 + PACK_CHUNK, n_bins)
-            members = samples[order[starts[c0]:starts[c1]]]
-            got = _gather(batches, batch_starts, members)  # rows in `members` order
-            ids = got.column("input_ids").combine_chunks().flatten().to_numpy()
-            mask = got.column("loss_mask").combine_chunks().flatten().to_numpy()
-            columns = pack.pack_columns(ids, mask, n_tokens[members], per_pack[c0:c1])
-            writer.write_table(pa.table({name: pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
-                                         for name, (values, offsets) in columns.items()}))
-            for m in maps:  # the pages just read stay in the page cache, but leave this process's RSS
-                m.madvise(mmap.MADV_DONTNEED)
-        writer.finalize()
-    del batches
+    fds = [os.open(name, os.O_RDONLY) for name in files.names]
+    try:
+        with ArrowWriter(features=_pack_features(), path=str(data_file)) as writer:
+            for c0 in tqdm(range(0, n_bins, PACK_CHUNK), desc=f"write {dest.name}", unit="chunk", disable=n_bins == 0):
+                c1 = min(c0 + PACK_CHUNK, n_bins)
+                members = samples[order[starts[c0]:starts[c1]]]
+                ids, mask = _read_tokens(files, fds, members, n_tokens[members])
+                columns = pack.pack_columns(ids, mask, n_tokens[members], per_pack[c0:c1])
+                writer.write_table(pa.table({name: pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+                                             for name, (values, offsets) in columns.items()}))
+            writer.finalize()
+    finally:
+        for fd in fds:
+            os.close(fd)
     # The layout of Dataset.save_to_disk (one shard), written in place: copying the file through save_to_disk
     # would read every token back through a memory map, for nothing.
     written = Dataset.from_file(str(data_file))

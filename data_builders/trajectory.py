@@ -290,8 +290,9 @@ def scan_lines(path: str | Path, block: int = 1 << 22) -> Iterator[tuple[np.ndar
                 continue
             starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
             stops = ends + 1  # exclusive, the newline included
-            solid = np.concatenate([[0], np.cumsum(~_WHITESPACE[data], dtype=np.int64)])
-            keep = solid[stops] > solid[starts]  # the line has a non-whitespace byte
+            keep = ~_WHITESPACE[data[starts]]  # a line that starts with a non-whitespace byte is not blank
+            for i in np.flatnonzero(~keep):  # the few others (empty, indented): look at the whole line
+                keep[i] = bool(buf[starts[i]:stops[i]].strip())
             numbers = lineno + np.arange(len(ends), dtype=np.int64)
             yield numbers[keep], starts[keep] + base, stops[keep] + base
             lineno += len(ends)

@@ -72,10 +72,13 @@ class AnonPeak:
 
 
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process plus its (map worker) children, in MiB."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, kids) / 1024
+    """Peak resident memory of this process (VmHWM) or of its largest map worker, in MiB.
+
+    Not this process's ru_maxrss: Linux carries it over from the parent through fork + exec, so a child of a
+    bench that holds a million lines would report the bench's memory."""
+    with open("/proc/self/status") as f:
+        own = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -184,7 +184,7 @@ def _process_batch(batch: dict[str, list], job: RecordJob, path: str):
 
 def _line_index(path: str, fingerprint: str, cache_dir: str | None):
     """The non-blank lines of `path` as a memory-mapped Dataset of (line, start, end) byte ranges (24 bytes a line,
-    built at NumPy speed by `scan_lines`), cached under the datasets cache by the file's path, size and mtime.
+    built at NumPy speed by `scan_lines`), cached under the datasets cache by `fingerprint` (file and code).
     The map reads each batch's bytes straight from the file: the text is never copied into a cache."""
     import datasets
     import pyarrow as pa
@@ -310,7 +310,7 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
     processed = []
     for s in specs:
         fp = file_fingerprint(s.path)
-        lines = _line_index(s.path, fp, cfg.cache_dir)
+        lines = _line_index(s.path, _hash(fp, _code_hash()), cfg.cache_dir)  # the code too: scan_lines may change
         ds = lines.map(_process_batch, batched=True, batch_size=BATCH, fn_kwargs={"job": job, "path": s.path},
                        num_proc=cfg.num_proc if cfg.num_proc > 1 and len(lines) > 1 else None,
                        features=_features(), new_fingerprint=_hash(fp, job_key)[:32],
@@ -327,6 +327,7 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
     global_drop: dict[int, tuple[str, str]] = {}  # global row -> (reason, detail) for dedup drops
     if cfg.dedup != "none":
         _dedup(processed, offsets, ok, columns["key"], global_drop, names, near=cfg.dedup == "near")
+    del columns["key"]  # 8 bytes a record, needed no more
 
     out.mkdir(parents=True, exist_ok=True)
     contaminated: list[dict] = []
@@ -348,10 +349,13 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
     targets = mix.token_targets(specs, available)
     sampled = [r[mix.sample_to_target(n_trained[r], t, np.random.default_rng([cfg.seed, i]))]
                for i, (r, t) in enumerate(zip(train_rows, targets))]
+    # What the manifest needs of the samples, so that only their concatenation is held while packing.
+    sampled_stats = [(len(x), int(n_tokens[x].sum()), int(n_trained[x].sum())) for x in sampled]
+    train_samples = np.concatenate(sampled).astype(np.int32 if len(ok) < 2**31 else np.int64)
+    del sampled, train_rows
 
     # ---- pack + write
     tok.save_pretrained(str(out / "tokenizer"))
-    train_samples = np.concatenate(sampled).astype(np.int32 if len(ok) < 2**31 else np.int64)
     train_stats = _pack_and_write(files, train_samples, n_tokens, n_trained, cfg, out / "train", rng, log)
     val_stats = None
     val_samples = np.concatenate(val_rows) if val_rows else np.zeros(0, np.int64)
@@ -361,7 +365,7 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
         shutil.rmtree(out / "validation")  # a stale split from an earlier build would be read as this one's
 
     # ---- manifest
-    sampled_trained = [int(n_trained[s].sum()) for s in sampled]
+    sampled_trained = [trained for _, _, trained in sampled_stats]
     total_trained = sum(sampled_trained) or 1
     sources = []
     for i, s in enumerate(specs):
@@ -372,8 +376,8 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
             "records_in": sizes[i], "kept": kept, "dropped": sum(dropped.values()), "dropped_by_reason": dict(dropped),
             "truncated": int(truncated[offsets[i]:offsets[i + 1]][ok[offsets[i]:offsets[i + 1]]].sum()),
             "validation_records": len(val_rows[i]), "available_trained_tokens": available[i],
-            "target_trained_tokens": round(targets[i]), "sampled_records": len(sampled[i]),
-            "sampled_tokens": int(n_tokens[sampled[i]].sum()), "sampled_trained_tokens": sampled_trained[i],
+            "target_trained_tokens": round(targets[i]), "sampled_records": sampled_stats[i][0],
+            "sampled_tokens": sampled_stats[i][1], "sampled_trained_tokens": sampled_trained[i],
             "effective_epochs": sampled_trained[i] / available[i] if available[i] else 0.0,
             "effective_mixture": sampled_trained[i] / total_trained,
         })
@@ -467,15 +471,15 @@ class _TokenFiles:
     """Where every processed row's input_ids and loss_mask lie in the datasets cache files, for `os.preadv`.
 
     Rows are numbered globally (sources in order, then their cache files, then record batches). Row r of record
-    batch b holds `n_tokens[r]` values that start `row_start[r] - row_start[first[b]]` values after the batch's
-    first one, at byte `ids_at[b]` (int32 values) and `mask_at[b]` (int8 values) of file `names[file_of[b]]`."""
+    batch b holds `n_tokens[r]` values that start `local[r]` values after the batch's first one, at byte `ids_at[b]`
+    (int32 values) and `mask_at[b]` (int8 values) of file `names[file_of[b]]`."""
 
     names: list[str]
     first: np.ndarray  # first global row of each record batch
     file_of: np.ndarray
     ids_at: np.ndarray
     mask_at: np.ndarray
-    row_start: np.ndarray  # exclusive cumulative sum of n_tokens: 8 bytes a row
+    local: np.ndarray  # int32: 4 bytes a row
 
 
 SCALARS = {"n_tokens": np.int32, "n_trained": np.int32, "truncated": bool, "key": np.int64}
@@ -492,7 +496,7 @@ def _scan_processed(processed) -> tuple[_TokenFiles, dict[str, np.ndarray]]:
     import pyarrow.compute as pc
 
     names, first, file_of, ids_at, mask_at = [], [], [], [], []
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("ok", *SCALARS)}
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("ok", "local", *SCALARS)}
     row = 0
     for ds in processed:
         for cache in ds.cache_files:
@@ -517,23 +521,23 @@ def _scan_processed(processed) -> tuple[_TokenFiles, dict[str, np.ndarray]]:
                         values = lists.values
                         where = values.buffers()[1].address - message.body.address
                         out.append(body_at + where + itemsize * (values.offset + int(offsets[0])))
+                    parts["local"].append((offsets[:-1] - offsets[0]).astype(np.int32))  # same for both columns
                     row += batch.num_rows
             names.append(name)
-    columns = {k: np.concatenate(v) if v else np.zeros(0, SCALARS.get(k, bool)) for k, v in parts.items()}
+    columns = {k: np.concatenate(v) if v else np.zeros(0, SCALARS.get(k, np.int32)) for k, v in parts.items()}
     if row != sum(len(ds) for ds in processed):
         raise TrajtuneError(f"the datasets cache files hold {row} rows, not the {sum(len(ds) for ds in processed)} "
                             "expected; delete the cache directory (--cache-dir) and build again")
-    row_start = np.zeros(row, np.int64)
-    np.cumsum(columns["n_tokens"][:-1], dtype=np.int64, out=row_start[1:])
+    columns["ok"] = columns["ok"].astype(bool)
     return _TokenFiles(names, np.array(first, np.int64), np.array(file_of, np.int64), np.array(ids_at, np.int64),
-                       np.array(mask_at, np.int64), row_start), columns
+                       np.array(mask_at, np.int64), columns.pop("local")), columns
 
 
 def _read_tokens(files: _TokenFiles, fds: list[int], rows: np.ndarray, lengths: np.ndarray):
     """input_ids (int32) and loss_mask (int8) of `rows` (repeats allowed), back to back in `rows` order; `fds` are
     `files.names` opened."""
     b = np.searchsorted(files.first, rows, side="right") - 1
-    local = files.row_start[rows] - files.row_start[files.first[b]]
+    local = files.local[rows].astype(np.int64)
     dest = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
     ids = np.empty(int(dest[-1]), np.int32)
     mask = np.empty(int(dest[-1]), np.int8)

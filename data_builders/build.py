@@ -496,7 +496,9 @@ def _scan_processed(processed) -> tuple[_TokenFiles, dict[str, np.ndarray]]:
     import pyarrow.compute as pc
 
     names, first, file_of, ids_at, mask_at = [], [], [], [], []
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("ok", "local", *SCALARS)}
+    total = sum(len(ds) for ds in processed)
+    # Filled in place, a record batch at a time: per-batch pieces and their concatenation would hold it twice.
+    columns = {k: np.zeros(total, t) for k, t in (("ok", bool), ("local", np.int32), *SCALARS.items())}
     row = 0
     for ds in processed:
         for cache in ds.cache_files:
@@ -507,28 +509,30 @@ def _scan_processed(processed) -> tuple[_TokenFiles, dict[str, np.ndarray]]:
                 for message in messages:
                     body_at = f.tell() - message.body.size  # the reader stops right after each message's body
                     batch = pa.ipc.read_record_batch(message, schema)
-                    parts["ok"].append(pc.equal(batch.column("reason"), "").to_numpy(zero_copy_only=False))
-                    for k, dtype in SCALARS.items():
-                        parts[k].append(batch.column(k).to_numpy(zero_copy_only=False).astype(dtype))
+                    rows = slice(row, row + batch.num_rows)
+                    if rows.stop > total:
+                        row = rows.stop  # more rows than the datasets say: reported below
+                        break
+                    columns["ok"][rows] = pc.equal(batch.column("reason"), "").to_numpy(zero_copy_only=False)
+                    for k in SCALARS:
+                        columns[k][rows] = batch.column(k).to_numpy(zero_copy_only=False)
                     first.append(row)
                     file_of.append(len(names))
                     for column, itemsize, out in (("input_ids", 4, ids_at), ("loss_mask", 1, mask_at)):
                         lists = batch.column(column)
                         offsets = lists.offsets.to_numpy()
-                        if not np.array_equal(np.diff(offsets), parts["n_tokens"][-1]):
+                        if not np.array_equal(np.diff(offsets), columns["n_tokens"][rows]):
                             raise TrajtuneError(f"the datasets cache file {name} is not what this build wrote; "
                                                 "delete the cache directory (--cache-dir) and build again")
                         values = lists.values
                         where = values.buffers()[1].address - message.body.address
                         out.append(body_at + where + itemsize * (values.offset + int(offsets[0])))
-                    parts["local"].append((offsets[:-1] - offsets[0]).astype(np.int32))  # same for both columns
+                    columns["local"][rows] = offsets[:-1] - offsets[0]  # the same for both columns
                     row += batch.num_rows
             names.append(name)
-    columns = {k: np.concatenate(v) if v else np.zeros(0, SCALARS.get(k, np.int32)) for k, v in parts.items()}
-    if row != sum(len(ds) for ds in processed):
-        raise TrajtuneError(f"the datasets cache files hold {row} rows, not the {sum(len(ds) for ds in processed)} "
-                            "expected; delete the cache directory (--cache-dir) and build again")
-    columns["ok"] = columns["ok"].astype(bool)
+    if row != total:
+        raise TrajtuneError(f"the datasets cache files hold {row}+ rows, not the {total} expected; delete the cache "
+                            "directory (--cache-dir) and build again")
     return _TokenFiles(names, np.array(first, np.int64), np.array(file_of, np.int64), np.array(ids_at, np.int64),
                        np.array(mask_at, np.int64), columns.pop("local")), columns
 

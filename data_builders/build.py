@@ -293,9 +293,10 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
     tok = _load_tokenizer(cfg)
     tok_hash = tokenizer_hash(tok)
     decontam = filters.DecontamIndex(cfg.decontam, cfg.decontam_n) if cfg.decontam else None
+    code = _code_hash()  # source of data_builders + transformers version: every cache below keys on it
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "num_proc", "cache_dir")}
     build_key = _hash(FORMAT_VERSION, settings, [file_fingerprint(s.path) for s in specs],
-                      [file_fingerprint(f) for f in cfg.decontam], tok_hash, _code_hash())
+                      [file_fingerprint(f) for f in cfg.decontam], tok_hash, code)
     out = Path(cfg.out)
     previous = out / "manifest.json"
     if previous.is_file() and (out / "train").is_dir():
@@ -306,11 +307,11 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
 
     job = RecordJob(tok, cfg.prompt_format, cfg.seq_len, cfg.overlong, cfg.dedup, decontam)
     job_key = _hash(FORMAT_VERSION, tok_hash, cfg.prompt_format, cfg.seq_len, cfg.overlong, cfg.dedup,
-                    decontam and [cfg.decontam_n, [file_fingerprint(f) for f in cfg.decontam]], _code_hash())
+                    decontam and [cfg.decontam_n, [file_fingerprint(f) for f in cfg.decontam]], code)
     processed = []
     for s in specs:
         fp = file_fingerprint(s.path)
-        lines = _line_index(s.path, _hash(fp, _code_hash()), cfg.cache_dir)  # the code too: scan_lines may change
+        lines = _line_index(s.path, _hash(fp, code), cfg.cache_dir)  # the code too: scan_lines may change
         ds = lines.map(_process_batch, batched=True, batch_size=BATCH, fn_kwargs={"job": job, "path": s.path},
                        num_proc=cfg.num_proc if cfg.num_proc > 1 and len(lines) > 1 else None,
                        features=_features(), new_fingerprint=_hash(fp, job_key)[:32],

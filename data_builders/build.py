@@ -1,9 +1,9 @@
 """`trajtune build`: canonical trajectories -> a packed, masked, mixed token dataset + manifest.json.
 
 Stages, per source file (every drop is counted by reason and written to OUT/dropped.jsonl with file and line):
-1. index   the byte range of every non-blank line (`_line_index`: NumPy over 4 MB reads, cached by path+size+mtime);
-2. process `datasets.map(num_proc=N)` of the pure per-record function `process_record`, a batch at a time
-           (each batch's lines are one read from the file, their texts tokenized in one call, render.render_batch):
+1. index   the file cut into runs of whole lines of up to 4 MB (`_chunk_index`, cached by path+size+mtime);
+2. process `datasets.map(num_proc=N)` of the pure per-record function `process_record`, a run of lines at a time
+           (one read from the file; BATCH records tokenized in one call, render.render_batch):
            parse + validate, no-trained-message filter, decontamination, dedup keys, render + mask, over-long
            drop/truncate;
            its fingerprint is a hash of everything it depends on, so a re-run reads the cache;
@@ -11,9 +11,10 @@ Stages, per source file (every drop is counted by reason and written to OUT/drop
 4. split   --val-fraction of each source's kept records held out for validation (by record, before packing);
 5. mix     each source sampled to its trained-token target (mix.py), deterministic from --seed;
 6. pack    best-fit-decreasing on lengths only (pack.py), then the packs are written chunk by chunk.
-Memory: the build holds ~70 bytes a record (lengths, keys, flags, sample and bin indices as NumPy arrays;
-~130 more with --dedup near); tokens are read with `os.preadv` a chunk of packs at a time (`_read_tokens`), never
-memory-mapped: packs gather samples from all over the cache files, and page faults would map whole files in.
+Memory: the build holds ~40 bytes a record at its peak (lengths, flags, sample and pack indices as NumPy arrays,
+int32 where that is enough; ~130 more with --dedup near), and nothing else that grows with the records: the map
+cache files have one record batch per few MB of input, and tokens are read with `os.preadv` a chunk of packs at a
+time (`_read_tokens`), never memory-mapped, since page faults map whole neighbourhoods of a file into RSS.
 
 Output (read by the trainer; do not change without it):
   OUT/manifest.json   counts, drops by reason, mixture, tokens, packing efficiency + L2 bound, tokenizer, seed...
@@ -45,7 +46,9 @@ from trajtune.data_builders.trajectory import InvalidRecord, iter_lines, parse_l
 
 FORMAT_VERSION = 1
 PACK_CHUNK = 64  # packs gathered and written per step: bounds the tokens held in memory
-BATCH = 1000  # records per map batch; each batch is one Arrow record batch, whose metadata stays in memory
+BATCH = 1000  # records rendered (and tokenized) together
+CHUNK_BYTES = 4 << 20  # most JSONL bytes per map batch (a run of whole lines, see `_chunk_index`)
+MIN_CHUNK_BYTES = 64 << 10
 MAX_LISTED = 1000  # contaminated records listed in the manifest (all of them are in dropped.jsonl)
 
 
@@ -160,17 +163,31 @@ def _after_render(row: dict[str, Any], rendered, job: RecordJob) -> dict[str, An
     return row
 
 
-def _process_batch(batch: dict[str, list], job: RecordJob, path: str):
-    """One map batch of line ranges (see `_line_index`) -> its processed rows, as an Arrow table of `_features()`.
+def _process_chunks(batch: dict[str, list], job: RecordJob, path: str):
+    """A map batch of runs of lines (see `_chunk_index`) -> the processed rows of all their non-blank lines, as one
+    Arrow table of `_features()` (written as one record batch of the cache file).
 
-    The batch's lines are contiguous in the file, so their bytes come in one read."""
+    Each run is one read from the JSONL file; its records are rendered BATCH at a time."""
     import pyarrow as pa
 
-    first, last = batch["start"][0], batch["end"][-1]
+    from trajtune.data_builders.trajectory import split_lines
+
+    tables = []
     with open(path, "rb") as f:
-        f.seek(first)
-        buf = f.read(last - first)
-    rows = process_records([buf[s - first:e - first].rstrip(b"\r\n") for s, e in zip(batch["start"], batch["end"])], job)
+        for start, end, first in zip(batch["start"], batch["end"], batch["first_line"]):
+            f.seek(start)
+            buf = f.read(end - start)
+            numbers, starts, ends = split_lines(buf, first)
+            for i in range(0, len(numbers), BATCH):
+                raws = [buf[s:e].rstrip(b"\r\n") for s, e in zip(starts[i:i + BATCH].tolist(), ends[i:i + BATCH].tolist())]
+                tables.append(_rows_table(process_records(raws, job), numbers[i:i + BATCH]))
+    return pa.concat_tables(tables) if tables else _features().arrow_schema.empty_table()
+
+
+def _rows_table(rows: list[dict[str, Any]], lines: np.ndarray):
+    """Processed rows and their line numbers -> an Arrow table of `_features()`."""
+    import pyarrow as pa
+
     col = {k: [r[k] for r in rows] for k in rows[0]}
     return pa.table({
         **{k: pa.array(col[k], pa.string()) for k in ("id", "reason", "detail")},
@@ -178,33 +195,38 @@ def _process_batch(batch: dict[str, list], job: RecordJob, path: str):
         "loss_mask": pa.array(col["loss_mask"], pa.list_(pa.int8())),
         "n_tokens": pa.array(col["n_tokens"], pa.int32()), "n_trained": pa.array(col["n_trained"], pa.int32()),
         "truncated": pa.array(col["truncated"], pa.bool_()), "key": pa.array(col["key"], pa.int64()),
-        "bands": pa.array(col["bands"], pa.list_(pa.int64())), "line": pa.array(batch["line"], pa.int64()),
+        "bands": pa.array(col["bands"], pa.list_(pa.int64())), "line": pa.array(lines, pa.int64()),
     }, schema=_features().arrow_schema)
 
 
-def _line_index(path: str, fingerprint: str, cache_dir: str | None):
-    """The non-blank lines of `path` as a memory-mapped Dataset of (line, start, end) byte ranges (24 bytes a line,
-    built at NumPy speed by `scan_lines`), cached under the datasets cache by `fingerprint` (file and code).
-    The map reads each batch's bytes straight from the file: the text is never copied into a cache."""
+def _chunk_index(path: str, target: int, fingerprint: str, cache_dir: str | None):
+    """`path` cut into runs of whole lines of about `target` bytes (`line_chunks`), as a Dataset of (start, end,
+    first_line), cached under the datasets cache by `fingerprint` (file, code and target).
+
+    The map reads each run's bytes straight from the file, so the text is never copied into a cache. Why runs of
+    lines and not one row per line: each map batch becomes a record batch of the map's cache file, and reading
+    those files through a memory map pulls ~64 KB of RSS per record batch (the kernel maps pages around each
+    fault), so their number must not grow with the records; a per-line index would also be 24 bytes a line."""
     import datasets
     import pyarrow as pa
     from datasets import Dataset, Features, Value
     from datasets.arrow_writer import ArrowWriter
 
-    from trajtune.data_builders.trajectory import scan_lines
+    from trajtune.data_builders.trajectory import line_chunks
 
-    root = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "trajtune_lines"
-    target = root / f"lines-{fingerprint[:32]}.arrow"
-    if not target.is_file():
+    root = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "trajtune_chunks"
+    target_file = root / f"chunks-{fingerprint[:32]}.arrow"
+    if not target_file.is_file():
         root.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
-        features = Features({k: Value("int64") for k in ("line", "start", "end")})
+        tmp = target_file.with_name(f"{target_file.name}.{os.getpid()}.tmp")
+        features = Features({k: Value("int64") for k in ("start", "end", "first_line")})
+        runs = list(line_chunks(path, target))  # 24 bytes per `target` bytes of file
         with ArrowWriter(features=features, path=str(tmp)) as writer:
-            for numbers, starts, ends in scan_lines(path):
-                writer.write_table(pa.table({"line": numbers, "start": starts, "end": ends}))
+            writer.write_table(pa.table({k: [r[i] for r in runs] for i, k in enumerate(("start", "end", "first_line"))},
+                                        schema=features.arrow_schema))
             writer.finalize()
-        os.replace(tmp, target)  # atomic: a concurrent or interrupted build never reads half an index
-    return Dataset.from_file(str(target))
+        os.replace(tmp, target_file)  # atomic: a concurrent or interrupted build never reads half an index
+    return Dataset.from_file(str(target_file))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -311,11 +333,13 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
     processed = []
     for s in specs:
         fp = file_fingerprint(s.path)
-        lines = _line_index(s.path, _hash(fp, code), cfg.cache_dir)  # the code too: scan_lines may change
-        ds = lines.map(_process_batch, batched=True, batch_size=BATCH, fn_kwargs={"job": job, "path": s.path},
-                       num_proc=cfg.num_proc if cfg.num_proc > 1 and len(lines) > 1 else None,
-                       features=_features(), new_fingerprint=_hash(fp, job_key)[:32],
-                       desc=f"render {Path(s.path).name}")
+        # ~8 runs per process, so that processes finish together; bounded, so a worker holds a few MB of records.
+        target = min(CHUNK_BYTES, max(MIN_CHUNK_BYTES, os.path.getsize(s.path) // (8 * cfg.num_proc)))
+        chunks = _chunk_index(s.path, target, _hash(fp, code, target), cfg.cache_dir)
+        ds = chunks.map(_process_chunks, batched=True, batch_size=1, fn_kwargs={"job": job, "path": s.path},
+                        num_proc=cfg.num_proc if cfg.num_proc > 1 and len(chunks) > 1 else None,
+                        features=_features(), remove_columns=chunks.column_names, writer_batch_size=1 << 30,
+                        new_fingerprint=_hash(fp, job_key, target)[:32], desc=f"render {Path(s.path).name}")
         processed.append(ds)
 
     # ---- drops: per-record reasons, then global dedup over the kept ones
@@ -323,45 +347,52 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
     sizes = [len(ds) for ds in processed]
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     files, columns = _scan_processed(processed)
+    del processed  # their memory maps: everything below reads the cache files by offset (see _CacheFiles)
     ok = columns["ok"]
-    ok_of = [ok[offsets[i]:offsets[i + 1]].copy() for i in range(len(processed))]  # before dedup drops more
-    global_drop: dict[int, tuple[str, str]] = {}  # global row -> (reason, detail) for dedup drops
-    if cfg.dedup != "none":
-        _dedup(processed, offsets, ok, columns["key"], global_drop, names, near=cfg.dedup == "near")
-    del columns["key"]  # 8 bytes a record, needed no more
+    dropped_in_map = ~ok  # before dedup drops more
+    dedup_drops = _dedup(files, ok, columns.pop("key"), near=cfg.dedup == "near") if cfg.dedup != "none" else []
+    columns.pop("key", None)  # 8 bytes a record, needed no more
 
     out.mkdir(parents=True, exist_ok=True)
     contaminated: list[dict] = []
-    dropped_by_source = _write_dropped(out / "dropped.jsonl", processed, names, ok_of, offsets, global_drop, contaminated)
+    dropped_by_source = _write_dropped(out / "dropped.jsonl", files, names, offsets, dropped_in_map, dedup_drops,
+                                       contaminated)
+    del dropped_in_map, dedup_drops
 
     # ---- validation split, mixture
     rng = np.random.default_rng(cfg.seed)
-    # int32 and bool columns: the build holds a few bytes a record, nothing more (sums upcast to int64).
+    # int32 and bool columns, int32 row numbers: the build holds a few bytes a record (sums upcast to int64).
     n_tokens, n_trained, truncated = columns["n_tokens"], columns["n_trained"], columns["truncated"]
+    row_type = np.int32 if len(ok) < 2**31 else np.int64
     train_rows, val_rows = [], []
     for i in range(len(specs)):
-        rows = np.flatnonzero(ok[offsets[i]:offsets[i + 1]]) + offsets[i]
+        rows = np.flatnonzero(ok[offsets[i]:offsets[i + 1]]).astype(row_type) + row_type(offsets[i])
         n_val = int(round(cfg.val_fraction * len(rows)))
         held = np.zeros(len(rows), dtype=bool)
         held[rng.permutation(len(rows))[:n_val]] = True
         val_rows.append(rows[held])
         train_rows.append(rows[~held])
-    available = [int(n_trained[r].sum()) for r in train_rows]
+        del rows, held
+    available = [int(n_trained[r].sum(dtype=np.int64)) for r in train_rows]
     targets = mix.token_targets(specs, available)
-    sampled = [r[mix.sample_to_target(n_trained[r], t, np.random.default_rng([cfg.seed, i]))]
-               for i, (r, t) in enumerate(zip(train_rows, targets))]
+    sampled = []
+    for i, t in enumerate(targets):  # each source's row list is replaced by its sample, so one of them is held
+        sampled.append(train_rows[i][mix.sample_to_target(n_trained[train_rows[i]], t, np.random.default_rng([cfg.seed, i]))])
+        train_rows[i] = None
     # What the manifest needs of the samples, so that only their concatenation is held while packing.
-    sampled_stats = [(len(x), int(n_tokens[x].sum()), int(n_trained[x].sum())) for x in sampled]
-    train_samples = np.concatenate(sampled).astype(np.int32 if len(ok) < 2**31 else np.int64)
+    sampled_stats = [(len(x), int(n_tokens[x].sum(dtype=np.int64)), int(n_trained[x].sum(dtype=np.int64))) for x in sampled]
+    train_samples = np.concatenate(sampled) if len(sampled) > 1 else sampled[0]
     del sampled, train_rows
 
     # ---- pack + write
     tok.save_pretrained(str(out / "tokenizer"))
-    train_stats = _pack_and_write(files, train_samples, n_tokens, n_trained, cfg, out / "train", rng, log)
+    train_stats = _pack_and_write(files, train_samples, n_tokens, n_trained, cfg, out / "train", rng,
+                                  _hash(build_key, "train")[:16], log)
     val_stats = None
-    val_samples = np.concatenate(val_rows) if val_rows else np.zeros(0, np.int64)
+    val_samples = np.concatenate(val_rows)
     if cfg.val_fraction > 0:
-        val_stats = _pack_and_write(files, val_samples, n_tokens, n_trained, cfg, out / "validation", rng, log)
+        val_stats = _pack_and_write(files, val_samples, n_tokens, n_trained, cfg, out / "validation", rng,
+                                    _hash(build_key, "validation")[:16], log)
     elif (out / "validation").exists():
         shutil.rmtree(out / "validation")  # a stale split from an earlier build would be read as this one's
 
@@ -405,79 +436,82 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
     return manifest
 
 
-def _dedup(processed, offsets, ok, keys, global_drop, names, near: bool) -> None:
-    """Mark exact (and near) duplicates among the kept rows, in --data order, keeping the first one."""
-    rows = np.flatnonzero(ok)
-    keys = keys[rows]
-    first = filters.first_index(keys)
-    dup = first != np.arange(len(rows))
-    _mark(global_drop, "duplicate", rows[dup], rows[first[dup]], processed, offsets, names)
-    ok[rows[dup]] = False
-    if not near:
-        return
-    rows = np.flatnonzero(ok)
-    # Every kept row has exactly BANDS band keys (dropped rows may have none), so the kept rows' flattened lists
-    # reshape to a (kept, BANDS) matrix.
-    bands = np.concatenate([np.zeros((0, filters.BANDS), np.int64)] + [
-        ds.data.column("bands").take(rows[(rows >= offsets[i]) & (rows < offsets[i + 1])] - offsets[i])
-        .combine_chunks().flatten().to_numpy().reshape(-1, filters.BANDS)
-        for i, ds in enumerate(processed)])
-    earliest = np.arange(len(rows))
-    for b in range(bands.shape[1]):
-        earliest = np.minimum(earliest, filters.first_index(bands[:, b]))
-    near_dup = earliest != np.arange(len(rows))
-    _mark(global_drop, "near_duplicate", rows[near_dup], rows[earliest[near_dup]], processed, offsets, names)
-    ok[rows[near_dup]] = False
+def _dedup(files: _CacheFiles, ok: np.ndarray, keys: np.ndarray, near: bool) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """Drop exact (and near) duplicates among the kept rows (`ok`, updated in place), keeping the first in --data
+    order. Returns (reason, dropped rows, the rows they repeat) for each kind. `keys`: every row's exact key."""
+    dup, first = filters.duplicates(keys, among=ok)
+    ok[dup] = False
+    drops = [("duplicate", dup, first)]
+    if near:
+        rows = np.flatnonzero(ok)
+        # Every kept row has exactly BANDS band keys, so the kept rows' flattened lists make a (kept, BANDS) matrix.
+        bands = np.zeros((len(rows), filters.BANDS), np.int64)
+        for at, table in _rows_by_batch(files, rows, ["bands"]):
+            bands[at] = table.column("bands").combine_chunks().flatten().to_numpy().reshape(-1, filters.BANDS)
+        earliest = np.arange(len(rows))  # a near duplicate shares a band with an earlier row: the earliest such
+        for b in range(filters.BANDS):
+            later, first = filters.duplicates(bands[:, b])
+            earliest[later] = np.minimum(earliest[later], first)
+        near_dup = np.flatnonzero(earliest != np.arange(len(rows)))
+        ok[rows[near_dup]] = False
+        drops.append(("near_duplicate", rows[near_dup], rows[earliest[near_dup]]))
+    return drops
 
 
-def _mark(global_drop, reason: str, dropped: np.ndarray, same_as: np.ndarray, processed, offsets, names) -> None:
-    """Record `dropped` global rows as duplicates of `same_as` rows, naming the kept one as FILE:LINE."""
-    if not len(dropped):
-        return
-    source = np.searchsorted(offsets, same_as, side="right") - 1
-    for i, ds in enumerate(processed):
-        here = source == i
-        if here.any():
-            lines = ds.data.column("line").take(same_as[here] - offsets[i]).to_numpy()
-            for g, line in zip(dropped[here].tolist(), lines.tolist()):
-                global_drop[g] = (reason, f"same as {names[i]}:{line}")
+def _write_dropped(path: Path, files: _CacheFiles, names: list[str], offsets: np.ndarray, dropped_in_map: np.ndarray,
+                   dedup_drops: list[tuple[str, np.ndarray, np.ndarray]], contaminated: list) -> list[Counter]:
+    """Write every dropped record (file, line, id, reason, detail), in file order, and count drops per source.
 
+    Rows come from `dropped_in_map` (their reason and detail are in the cache) and `dedup_drops` (from `_dedup`;
+    the detail names the kept record as FILE:LINE). Read a record batch at a time and held as arrays of the dropped
+    rows only, so any number of drops streams. The first MAX_LISTED contaminated records are also appended to
+    `contaminated` for the manifest."""
+    # The dedup drops, sorted by row: their reason (index into dedup_drops) and the row they repeat.
+    dup_rows = np.concatenate([np.zeros(0, np.int64)] + [rows for _, rows, _ in dedup_drops])
+    dup_kind = np.concatenate([np.zeros(0, np.int64)] + [np.full(len(rows), k) for k, (_, rows, _) in enumerate(dedup_drops)])
+    dup_same = np.concatenate([np.zeros(0, np.int64)] + [same for _, _, same in dedup_drops])
+    order = np.argsort(dup_rows, kind="stable")
+    dup_rows, dup_kind, dup_same = dup_rows[order], dup_kind[order], dup_same[order]
+    same_line = np.zeros(len(dup_same), np.int64)  # the kept record's line, read in row order
+    order = np.argsort(dup_same, kind="stable")
+    for at, table in _rows_by_batch(files, dup_same[order], ["line"]):
+        same_line[order[at]] = table.column("line").to_numpy()
+    same_source = np.searchsorted(offsets, dup_same, side="right") - 1
 
-def _write_dropped(path: Path, processed, names, ok_of, offsets, global_drop, contaminated: list) -> list[Counter]:
-    """Write every dropped record (file, line, id, reason, detail) and count drops per source by reason.
-
-    The first MAX_LISTED contaminated records are also appended to `contaminated` for the manifest."""
-    counts = []
+    counts = [Counter() for _ in names]
+    dropped = np.union1d(np.flatnonzero(dropped_in_map), dup_rows)
     with open(path, "w", encoding="utf-8") as f:
-        for i, ds in enumerate(processed):
-            c: Counter = Counter()
-            extra = {g - offsets[i]: v for g, v in global_drop.items() if offsets[i] <= g < offsets[i + 1]}
-            rows = sorted(set(np.flatnonzero(~ok_of[i]).tolist()) | set(extra))
-            if rows:
-                table = ds.data.table.select(["line", "id", "reason", "detail"]).take(rows).to_pylist()
-                for r, entry in zip(rows, table):
-                    if r in extra:
-                        entry["reason"], entry["detail"] = extra[r]
-                    c[entry["reason"]] += 1
-                    if entry["reason"] == "contaminated" and len(contaminated) < MAX_LISTED:
-                        contaminated.append({"file": names[i], "line": entry["line"], "id": entry["id"],
-                                             "overlaps": entry["detail"].removeprefix("overlaps eval items: ")})
-                    f.write(json.dumps({"file": names[i], **entry}, ensure_ascii=False) + "\n")
-            counts.append(c)
+        for at, table in _rows_by_batch(files, dropped, ["line", "id", "reason", "detail"]):
+            rows = dropped[at]
+            sources = (np.searchsorted(offsets, rows, side="right") - 1).tolist()
+            d = np.minimum(np.searchsorted(dup_rows, rows), max(len(dup_rows) - 1, 0))
+            is_dup = (dup_rows[d] == rows).tolist() if len(dup_rows) else [False] * len(rows)
+            for entry, source, dup, j in zip(table.to_pylist(), sources, is_dup, d.tolist()):
+                if dup:
+                    entry["reason"] = dedup_drops[dup_kind[j]][0]
+                    entry["detail"] = f"same as {names[same_source[j]]}:{same_line[j]}"
+                counts[source][entry["reason"]] += 1
+                if entry["reason"] == "contaminated" and len(contaminated) < MAX_LISTED:
+                    contaminated.append({"file": names[source], "line": entry["line"], "id": entry["id"],
+                                         "overlaps": entry["detail"].removeprefix("overlaps eval items: ")})
+                f.write(json.dumps({"file": names[source], **entry}, ensure_ascii=False) + "\n")
     return counts
 
 
 @dataclass
-class _TokenFiles:
-    """Where every processed row's input_ids and loss_mask lie in the datasets cache files, for `os.preadv`.
+class _CacheFiles:
+    """Where every processed row lies in the datasets cache files, read by offset (`os.preadv`, `_rows_by_batch`).
 
-    Rows are numbered globally (sources in order, then their cache files, then record batches). Row r of record
-    batch b holds `n_tokens[r]` values that start `local[r]` values after the batch's first one, at byte `ids_at[b]`
-    (int32 values) and `mask_at[b]` (int8 values) of file `names[file_of[b]]`."""
+    Rows are numbered globally (sources in order, then their cache files, then record batches). Record batch b is
+    the IPC message at byte `message_at[b]` of file `names[file_of[b]]`, its first row is `first[b]`; row r of it
+    holds `n_tokens[r]` tokens that start `local[r]` values after the batch's first one, at byte `ids_at[b]` (int32
+    input_ids) and `mask_at[b]` (int8 loss_mask)."""
 
     names: list[str]
+    schema: Any  # pa.Schema of every file
     first: np.ndarray  # first global row of each record batch
     file_of: np.ndarray
+    message_at: np.ndarray
     ids_at: np.ndarray
     mask_at: np.ndarray
     local: np.ndarray  # int32: 4 bytes a row
@@ -486,9 +520,9 @@ class _TokenFiles:
 SCALARS = {"n_tokens": np.int32, "n_trained": np.int32, "truncated": bool, "key": np.int64}
 
 
-def _scan_processed(processed) -> tuple[_TokenFiles, dict[str, np.ndarray]]:
+def _scan_processed(processed) -> tuple[_CacheFiles, dict[str, np.ndarray]]:
     """One sequential read of the datasets cache files: the per-row scalars the build decides on (`ok` = kept so
-    far, and SCALARS), and where each record batch's tokens lie (for `_read_tokens`).
+    far, and SCALARS), and where each record batch and its tokens lie.
 
     Why not `ds.data.column(...)` and memory maps: packs gather samples from all over the cache files, and every
     page fault of a memory map maps up to 64 KB around the page touched, so maps bring whole files into RSS.
@@ -496,19 +530,24 @@ def _scan_processed(processed) -> tuple[_TokenFiles, dict[str, np.ndarray]]:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    names, first, file_of, ids_at, mask_at = [], [], [], [], []
+    names, first, file_of, message_at, ids_at, mask_at = [], [], [], [], [], []
     total = sum(len(ds) for ds in processed)
     # Filled in place, a record batch at a time: per-batch pieces and their concatenation would hold it twice.
     columns = {k: np.zeros(total, t) for k, t in (("ok", bool), ("local", np.int32), *SCALARS.items())}
-    row = 0
+    row, schema = 0, None
     for ds in processed:
         for cache in ds.cache_files:
             name = cache["filename"]
             with pa.OSFile(name, "rb") as f:
-                messages = iter(pa.ipc.MessageReader.open_stream(f))
-                schema = pa.ipc.read_schema(next(messages))
-                for message in messages:
-                    body_at = f.tell() - message.body.size  # the reader stops right after each message's body
+                reader = pa.ipc.MessageReader.open_stream(f)
+                schema = pa.ipc.read_schema(reader.read_next_message())
+                while True:
+                    at = f.tell()  # the reader reads no further than the end of each message
+                    try:
+                        message = reader.read_next_message()
+                    except StopIteration:
+                        break
+                    body_at = f.tell() - message.body.size
                     batch = pa.ipc.read_record_batch(message, schema)
                     rows = slice(row, row + batch.num_rows)
                     if rows.stop > total:
@@ -519,6 +558,7 @@ def _scan_processed(processed) -> tuple[_TokenFiles, dict[str, np.ndarray]]:
                         columns[k][rows] = batch.column(k).to_numpy(zero_copy_only=False)
                     first.append(row)
                     file_of.append(len(names))
+                    message_at.append(at)
                     for column, itemsize, out in (("input_ids", 4, ids_at), ("loss_mask", 1, mask_at)):
                         lists = batch.column(column)
                         offsets = lists.offsets.to_numpy()
@@ -534,11 +574,36 @@ def _scan_processed(processed) -> tuple[_TokenFiles, dict[str, np.ndarray]]:
     if row != total:
         raise TrajtuneError(f"the datasets cache files hold {row}+ rows, not the {total} expected; delete the cache "
                             "directory (--cache-dir) and build again")
-    return _TokenFiles(names, np.array(first, np.int64), np.array(file_of, np.int64), np.array(ids_at, np.int64),
-                       np.array(mask_at, np.int64), columns.pop("local")), columns
+    arrays = [np.array(x, np.int64) for x in (first, file_of, message_at, ids_at, mask_at)]
+    return _CacheFiles(names, schema, *arrays, columns.pop("local")), columns
 
 
-def _read_tokens(files: _TokenFiles, fds: list[int], rows: np.ndarray, lengths: np.ndarray):
+def _rows_by_batch(files: _CacheFiles, rows: np.ndarray, columns: list[str]):
+    """For each record batch that holds some of `rows` (global row ids, ascending, repeats allowed): (their
+    positions in `rows`, a Table of `columns` at them). Plain reads of one record batch at a time, no memory map."""
+    import pyarrow as pa
+
+    if not len(rows):
+        return
+    batch_of = np.searchsorted(files.first, rows, side="right") - 1
+    cuts = np.flatnonzero(np.diff(batch_of)) + 1
+    opened: dict[int, Any] = {}
+    try:
+        for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), len(rows)]):
+            b = int(batch_of[lo])
+            f = opened.get(int(files.file_of[b]))
+            if f is None:
+                f = opened[int(files.file_of[b])] = pa.OSFile(files.names[files.file_of[b]], "rb")
+            f.seek(int(files.message_at[b]))
+            batch = pa.ipc.read_record_batch(pa.ipc.read_message(f), files.schema)
+            table = pa.Table.from_batches([batch]).select(columns)
+            yield np.arange(lo, hi), table.take(pa.array(rows[lo:hi] - files.first[b]))
+    finally:
+        for f in opened.values():
+            f.close()
+
+
+def _read_tokens(files: _CacheFiles, fds: list[int], rows: np.ndarray, lengths: np.ndarray):
     """input_ids (int32) and loss_mask (int8) of `rows` (repeats allowed), back to back in `rows` order; `fds` are
     `files.names` opened."""
     b = np.searchsorted(files.first, rows, side="right") - 1
@@ -556,21 +621,23 @@ def _read_tokens(files: _TokenFiles, fds: list[int], rows: np.ndarray, lengths: 
     return ids, mask
 
 
-def _pack_and_write(files: _TokenFiles, samples: np.ndarray, n_tokens, n_trained, cfg: BuildConfig, dest: Path, rng,
-                    log):
-    """Pack `samples` (global row ids, repeats allowed) and save the packs to `dest`; return their statistics."""
+def _pack_and_write(files: _CacheFiles, samples: np.ndarray, n_tokens, n_trained, cfg: BuildConfig, dest: Path, rng,
+                    fingerprint: str, log):
+    """Pack `samples` (global row ids, repeats allowed) and save the packs to `dest` as a Dataset with `fingerprint`;
+    return their statistics."""
     import pyarrow as pa
-    from datasets import Dataset
+    from datasets import DatasetInfo
     from datasets.arrow_writer import ArrowWriter
     from tqdm.auto import tqdm
 
     lengths = n_tokens[samples]
-    bin_of, n_bins = pack.pack_best_fit_decreasing(lengths, cfg.seq_len)
     bound = pack.l2_lower_bound(lengths, cfg.seq_len)
+    bin_of, n_bins = pack.pack_best_fit_decreasing(lengths, cfg.seq_len)
     # Pack order is shuffled (seeded) so a trainer reading in order does not see all long samples first.
-    rank = rng.permutation(n_bins)
-    order = np.argsort(rank[bin_of], kind="stable") if n_bins else np.zeros(0, np.int64)
-    per_pack = np.bincount(rank[bin_of], minlength=n_bins) if n_bins else np.zeros(0, np.int64)
+    bin_of = rng.permutation(n_bins).astype(np.int32)[bin_of] if n_bins else bin_of  # each sample's pack, in order
+    order = np.argsort(bin_of, kind="stable")  # samples pack by pack
+    per_pack = np.bincount(bin_of, minlength=n_bins)
+    del bin_of
     starts = np.concatenate([[0], np.cumsum(per_pack)])
 
     tmp = dest.with_name(dest.name + ".tmp")
@@ -592,13 +659,12 @@ def _pack_and_write(files: _TokenFiles, samples: np.ndarray, n_tokens, n_trained
         for fd in fds:
             os.close(fd)
     # The layout of Dataset.save_to_disk (one shard), written in place: copying the file through save_to_disk
-    # would read every token back through a memory map, for nothing.
-    written = Dataset.from_file(str(data_file))
-    state = {"_data_files": [{"filename": data_file.name}], "_fingerprint": written._fingerprint, "_format_columns": None,
+    # would read every token back through a memory map, for nothing (and even opening it maps a page per pack chunk).
+    state = {"_data_files": [{"filename": data_file.name}], "_fingerprint": fingerprint, "_format_columns": None,
              "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False, "_split": None}
     (tmp / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
-    (tmp / "dataset_info.json").write_text(json.dumps(dataclasses.asdict(written.info), indent=2, sort_keys=True))
-    del written
+    info = DatasetInfo(features=_pack_features())
+    (tmp / "dataset_info.json").write_text(json.dumps(dataclasses.asdict(info), indent=2, sort_keys=True))
     shutil.rmtree(dest, ignore_errors=True)
     tmp.rename(dest)
 

@@ -78,17 +78,21 @@ def token_targets(specs: list[SourceSpec], available: list[int]) -> list[float]:
 
 
 def sample_to_target(trained: np.ndarray, target: float, rng: np.random.Generator) -> np.ndarray:
-    """Indices into `trained` (with repeats for whole epochs) whose trained tokens sum closest to `target`."""
-    trained = np.asarray(trained, dtype=np.int64)
-    available = int(trained.sum())
+    """Indices into `trained` (with repeats for whole epochs) whose trained tokens sum closest to `target`.
+
+    int32 indices for fewer than 2**31 records: a build samples millions of them."""
+    trained = np.asarray(trained)
+    available = int(trained.sum(dtype=np.int64))
+    index_type = np.int32 if len(trained) < 2**31 else np.int64
     if available == 0 or target <= 0:
-        return np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=index_type)
     epochs = int(target // available)
     rest = target - epochs * available
-    order = rng.permutation(len(trained))
-    cum = np.cumsum(trained[order])
+    order = np.arange(len(trained), dtype=index_type)
+    rng.shuffle(order)  # in place: the same order as rng.permutation(len(trained)), without its int64 copy
+    cum = np.cumsum(trained[order], dtype=np.int64)
     k = int(np.searchsorted(cum, rest))  # cum[k-1] < rest <= cum[k]
     if k < len(order) and cum[k] - rest < rest - (cum[k - 1] if k else 0):
         k += 1  # taking the crossing record lands closer to the target
-    whole = np.tile(np.arange(len(trained), dtype=np.int64), epochs)
-    return np.concatenate([whole, order[:k].astype(np.int64)])
+    del cum
+    return np.concatenate([np.tile(np.arange(len(trained), dtype=index_type), epochs), order[:k]])

@@ -268,38 +268,50 @@ _WHITESPACE = np.zeros(256, dtype=bool)
 _WHITESPACE[list(b" \t\n\r\x0b\x0c")] = True  # what bytes.strip() removes
 
 
-def scan_lines(path: str | Path, block: int = 1 << 22) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """The lines `iter_lines` yields, as byte ranges: (line numbers, starts, ends) int64 arrays, a block at a time.
+def line_chunks(path: str | Path, target: int = 1 << 22) -> Iterator[tuple[int, int, int]]:
+    """Cut `path` into runs of whole lines of about `target` bytes: (start, end, number of the run's first line).
 
-    `raw[start:end].rstrip(b"\\r\\n")` of the file's bytes is `iter_lines`' raw bytes for that line. Vectorised
-    (NumPy over `block`-byte reads), so indexing a file costs a fraction of reading its lines one by one.
+    Each run ends right after a newline (the last one may end at the end of the file), so no line is split; a line
+    longer than `target` makes a longer run. One sequential read, counting newlines at memory speed.
     """
     with open(path, "rb") as f:
-        base, lineno, carry = 0, 1, b""  # file offset of carry[0], number of the line carry starts
+        start, lineno, carry = 0, 1, b""  # file offset of carry[0], number of the line carry starts
         while True:
-            chunk = f.read(block)
-            buf = carry + chunk
-            if not buf:
+            block = f.read(target)
+            buf = carry + block
+            if not block:
+                if buf:
+                    yield start, start + len(buf), lineno
                 return
-            data = np.frombuffer(buf, dtype=np.uint8)
-            ends = np.flatnonzero(data == 10)  # each newline ends a line (it belongs to that line's range)
-            if not chunk and (not len(ends) or ends[-1] != len(buf) - 1):
-                ends = np.append(ends, len(buf) - 1)  # the last line has no newline
-            if not len(ends):  # a line longer than the block: read on
+            cut = buf.rfind(b"\n") + 1
+            if cut == 0:  # a line longer than the block: read on
                 carry = buf
                 continue
-            starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
-            stops = ends + 1  # exclusive, the newline included
-            keep = ~_WHITESPACE[data[starts]]  # a line that starts with a non-whitespace byte is not blank
-            for i in np.flatnonzero(~keep):  # the few others (empty, indented): look at the whole line
-                keep[i] = bool(buf[starts[i]:stops[i]].strip())
-            numbers = lineno + np.arange(len(ends), dtype=np.int64)
-            yield numbers[keep], starts[keep] + base, stops[keep] + base
-            lineno += len(ends)
-            base += int(stops[-1])
-            carry = buf[int(stops[-1]):]
-            if not chunk:
-                return
+            yield start, start + cut, lineno
+            lineno += buf.count(b"\n", 0, cut)
+            start += cut
+            carry = buf[cut:]
+
+
+def split_lines(buf: bytes, first_line: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The non-blank lines of a run of whole lines (see `line_chunks`), vectorised: (line numbers, starts, ends).
+
+    `buf[start:end].rstrip(b"\\r\\n")` is what `iter_lines` yields for that line; line numbers count on from
+    `first_line`, the number of the run's first line.
+    """
+    if not buf:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    data = np.frombuffer(buf, dtype=np.uint8)
+    ends = np.flatnonzero(data == 10)  # each newline ends a line (it belongs to that line's range)
+    if not len(ends) or ends[-1] != len(buf) - 1:
+        ends = np.append(ends, len(buf) - 1)  # the file's last line has no newline
+    starts = np.concatenate([[0], ends[:-1] + 1]).astype(np.int64)
+    stops = ends + 1  # exclusive, the newline included
+    keep = ~_WHITESPACE[data[starts]]  # a line that starts with a non-whitespace byte is not blank
+    for i in np.flatnonzero(~keep):  # the few others (empty, indented): look at the whole line
+        keep[i] = bool(buf[starts[i]:stops[i]].strip())
+    numbers = first_line + np.arange(len(ends), dtype=np.int64)
+    return numbers[keep], starts[keep], stops[keep]
 
 
 def parse_line(raw: bytes) -> Any:

@@ -17,7 +17,7 @@ from trajtune.data_builders.build import BuildConfig, RecordJob, build, process_
 from trajtune.data_builders.pack import IGNORE_INDEX
 from trajtune.data_builders.render import render_with_mask
 from trajtune.data_builders.tokenizer import load_tokenizer, train_bpe_tokenizer
-from trajtune.data_builders.trajectory import validate_record
+from trajtune.data_builders.trajectory import line_chunks, validate_record
 from trajtune.launcher.cli import main
 
 QWEN = TEMPLATES / "qwen2.5-instruct.jinja"
@@ -156,20 +156,45 @@ def test_every_drop_reason_is_counted_and_reported(data, tmp_path):
 
 
 def test_line_numbers_survive_blank_lines_crlf_and_a_missing_final_newline(data, tmp_path):
-    # Two processes, batches of 7 lines: the map reads each batch's byte range straight from the file.
+    # Two processes, runs of ~1 KB of lines, rendered 7 at a time: the map reads each run straight from the file.
     good = [json.dumps(r) for r in general_records(40, 9, prefix="g")]
     body = [good[0], "", "  \t", *good[1:20], "{broken", "", *good[20:]]
     src = tmp_path / "crlf.jsonl"
     src.write_bytes(("\r\n".join(body)).encode())  # CRLF line ends, none after the last line
-    with mock.patch("trajtune.data_builders.build.BATCH", 7):
+    with mock.patch.multiple("trajtune.data_builders.build", BATCH=7, CHUNK_BYTES=1000, MIN_CHUNK_BYTES=1):
         manifest = build(config(data, tmp_path / "out", data=[str(src)], num_proc=2, dedup="none"))
+    runs = list(line_chunks(src, 1000))
+    assert len(runs) > 4 and runs[-1][1] == src.stat().st_size
     assert manifest["records_in"] == 41 and manifest["kept"] == 40
     (bad,) = [json.loads(line) for line in (tmp_path / "out" / "dropped.jsonl").read_text().splitlines()]
     assert (bad["line"], bad["reason"]) == (23, "bad_json")
-    # Tokens come back from 2 cache files x 3 record batches by byte offset: every sample exactly as rendered.
+    # Tokens come back from 2 cache files x several record batches by byte offset: every sample exactly as rendered.
     tok = load_tokenizer(data["tok"])
     want = [expected_sample(json.loads(line), tok, 2048) for line in good]
     assert Counter(split_packs(load_from_disk(str(tmp_path / "out" / "train")))) == Counter(want)
+
+
+def test_many_drops_across_sources_and_record_batches_are_written_in_file_order(data, tmp_path):
+    # Source b repeats every third record of a (exact duplicates, kept in a) and has bad lines; runs of ~1 KB make
+    # many record batches, so drops and the records they repeat are read back from many batches of two files.
+    a_records = general_records(60, 21, prefix="a")
+    b_lines = []
+    for i in range(60):
+        b_lines.append(dict(a_records[i], id=f"copy{i}") if i % 3 == 0 else "{bad" if i % 7 == 0 else
+                       general_records(1, 1000 + i, prefix=f"b{i}-")[0])
+    src_a, src_b = write_jsonl(tmp_path / "a.jsonl", a_records), write_jsonl(tmp_path / "b.jsonl", b_lines)
+    with mock.patch.multiple("trajtune.data_builders.build", CHUNK_BYTES=1000, MIN_CHUNK_BYTES=1):
+        manifest = build(config(data, tmp_path / "out", data=[str(src_a), str(src_b)]))
+    dropped = [json.loads(line) for line in (tmp_path / "out" / "dropped.jsonl").read_text().splitlines()]
+    want = [{"file": str(src_b), "line": i + 1, "id": f"copy{i}", "reason": "duplicate",
+             "detail": f"same as {src_a}:{i + 1}"} if i % 3 == 0 else
+            {"file": str(src_b), "line": i + 1, "id": "", "reason": "bad_json"}
+            for i in range(60) if i % 3 == 0 or i % 7 == 0]
+    assert [{k: v for k, v in d.items() if not (k == "detail" and d["reason"] == "bad_json")} for d in dropped] == want
+    a, b = manifest["sources"]
+    assert (a["kept"], a["dropped"]) == (60, 0)
+    assert b["dropped_by_reason"] == {"duplicate": 20, "bad_json": 6} and b["kept"] == 60 - 26
+    assert manifest["kept"] + manifest["dropped"] == manifest["records_in"] == 120
 
 
 def test_render_errors_are_dropped_under_the_renderers_reason(data, tmp_path):

@@ -9,6 +9,7 @@ from trajtune.data_builders.errors import TrajtuneError
 from trajtune.data_builders.filters import (
     DecontamIndex,
     dialogue_text,
+    duplicates,
     exact_key,
     first_index,
     has_trained_message,
@@ -50,6 +51,25 @@ def test_has_trained_message_follows_the_loss_rule():
 def test_first_index_points_every_duplicate_at_its_first_occurrence():
     assert first_index(np.array([7, 3, 7, 3, 9], dtype=np.uint64)).tolist() == [0, 1, 0, 1, 4]
     assert first_index(np.zeros(0, dtype=np.uint64)).tolist() == []
+
+
+def test_duplicates_agrees_with_first_index_over_the_masked_keys():
+    rng = np.random.default_rng(0)
+    for trial in range(300):
+        pool = rng.integers(-(2**62), 2**62, size=int(rng.integers(1, 60)))  # few distinct keys: many repeats
+        keys = pool[rng.integers(0, len(pool), size=int(rng.integers(0, 300)))]
+        among = rng.random(len(keys)) < 0.7
+        rows = np.flatnonzero(among)
+        first = first_index(keys[rows])
+        dup = first != np.arange(len(rows))
+        later, earliest = duplicates(keys, among)
+        assert later.tolist() == rows[dup].tolist() and earliest.tolist() == rows[first[dup]].tolist(), trial
+        first = first_index(keys)
+        later, earliest = duplicates(keys)
+        assert later.tolist() == np.flatnonzero(first != np.arange(len(keys))).tolist(), trial
+        assert earliest.tolist() == first[later].tolist(), trial
+    # keys a masked-out row shares never make a kept row a duplicate
+    assert [x.tolist() for x in duplicates(np.array([5, 5, 6, 5]), np.array([False, True, True, True]))] == [[3], [1]]
 
 
 LONG = ("the agent listed the files in the working directory then opened the configuration and found that the "

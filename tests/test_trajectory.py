@@ -155,10 +155,10 @@ def test_a_utf8_byte_order_mark_on_line_one_is_not_a_bad_record(tmp_path):
     assert ledger.summary() == {"read": 1, "kept": 1, "quarantined": 0, "by_reason": {}}
 
 
-def test_scan_lines_gives_the_lines_iter_lines_gives_at_any_block_size(tmp_path):
+def test_line_chunks_and_split_lines_give_the_lines_iter_lines_gives_at_any_chunk_size(tmp_path):
     import random
 
-    from trajtune.data_builders.trajectory import iter_lines, scan_lines
+    from trajtune.data_builders.trajectory import iter_lines, line_chunks, split_lines
 
     rng = random.Random(0)
     for trial in range(150):
@@ -175,7 +175,12 @@ def test_scan_lines_gives_the_lines_iter_lines_gives_at_any_block_size(tmp_path)
         path = tmp_path / f"t{trial}.jsonl"
         path.write_bytes(data)
         want = list(iter_lines(path))
-        for block in (1, 3, 16, 1 << 22):  # lines longer than a block are carried over
-            got = [(int(n), data[s:e].rstrip(b"\r\n")) for numbers, starts, ends in scan_lines(path, block)
-                   for n, s, e in zip(numbers, starts, ends)]
-            assert got == want, (trial, block)
+        for target in (1, 3, 16, 1 << 22):  # lines longer than a chunk make longer chunks
+            chunks = list(line_chunks(path, target))
+            assert [c[0] for c in chunks[1:]] == [c[1] for c in chunks[:-1]] and (chunks[-1][1] if chunks else 0) == len(data)
+            got = []
+            for start, end, first in chunks:
+                assert start == 0 or data[start - 1:start] == b"\n"  # no line is split
+                buf = data[start:end]
+                got += [(int(n), buf[s:e].rstrip(b"\r\n")) for n, s, e in zip(*split_lines(buf, first))]
+            assert got == want, (trial, target)

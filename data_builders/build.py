@@ -1,7 +1,7 @@
 """`trajtune build`: canonical trajectories -> a packed, masked, mixed token dataset + manifest.json.
 
 Stages, per source file (every drop is counted by reason and written to OUT/dropped.jsonl with file and line):
-1. index   the file cut into runs of whole lines of up to 4 MB (`_chunk_index`, cached by path+size+mtime);
+1. index   the file cut into runs of whole lines of up to 2 MB (`_chunk_index`, cached by path+size+mtime);
 2. process `datasets.map(num_proc=N)` of the pure per-record function `process_record`, a run of lines at a time
            (one read from the file; BATCH records tokenized in one call, render.render_batch):
            parse + validate, no-trained-message filter, decontamination, dedup keys, render + mask, over-long
@@ -47,7 +47,7 @@ from trajtune.data_builders.trajectory import InvalidRecord, iter_lines, parse_l
 FORMAT_VERSION = 1
 PACK_CHUNK = 64  # packs gathered and written per step: bounds the tokens held in memory
 BATCH = 1000  # records rendered (and tokenized) together
-CHUNK_BYTES = 4 << 20  # most JSONL bytes per map batch (a run of whole lines, see `_chunk_index`)
+CHUNK_BYTES = 2 << 20  # most JSONL bytes per map batch (a run of whole lines, see `_chunk_index`)
 MIN_CHUNK_BYTES = 64 << 10
 MAX_LISTED = 1000  # contaminated records listed in the manifest (all of them are in dropped.jsonl)
 
@@ -341,6 +341,7 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
                         features=_features(), remove_columns=chunks.column_names, writer_batch_size=1 << 30,
                         new_fingerprint=_hash(fp, job_key, target)[:32], desc=f"render {Path(s.path).name}")
         processed.append(ds)
+    del ds, chunks
 
     # ---- drops: per-record reasons, then global dedup over the kept ones
     names = [s.path for s in specs]
@@ -348,6 +349,7 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     files, columns = _scan_processed(processed)
     del processed  # their memory maps: everything below reads the cache files by offset (see _CacheFiles)
+    _release_free_memory()
     ok = columns["ok"]
     dropped_in_map = ~ok  # before dedup drops more
     dedup_drops = _dedup(files, ok, columns.pop("key"), near=cfg.dedup == "near") if cfg.dedup != "none" else []
@@ -434,6 +436,22 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _release_free_memory() -> None:
+    """Hand memory that is free but still held by Arrow's allocator and glibc's heap back to the OS.
+
+    After an in-process map, ~50 MB of its freed buffers stay resident, and the per-record arrays of the stages
+    after it would pile on top of them (measured: build peak RSS at 1M records 456 -> 420 MiB)."""
+    import ctypes
+    import ctypes.util
+
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+    libc = ctypes.util.find_library("c")
+    if libc and hasattr(ctypes.CDLL(libc), "malloc_trim"):  # glibc only; elsewhere the allocator keeps it
+        ctypes.CDLL(libc).malloc_trim(0)
 
 
 def _dedup(files: _CacheFiles, ok: np.ndarray, keys: np.ndarray, near: bool) -> list[tuple[str, np.ndarray, np.ndarray]]:

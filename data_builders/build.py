@@ -333,8 +333,9 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
     processed = []
     for s in specs:
         fp = file_fingerprint(s.path)
-        # ~8 runs per process, so that processes finish together; bounded, so a worker holds a few MB of records.
-        target = min(CHUNK_BYTES, max(MIN_CHUNK_BYTES, os.path.getsize(s.path) // (8 * cfg.num_proc)))
+        # >= 32 runs per process, so that processes finish within ~3% of each other (datasets gives each a
+        # contiguous share of the runs); at most CHUNK_BYTES, so a worker holds a few MB of records at a time.
+        target = min(CHUNK_BYTES, max(MIN_CHUNK_BYTES, os.path.getsize(s.path) // (32 * cfg.num_proc)))
         chunks = _chunk_index(s.path, target, _hash(fp, code, target), cfg.cache_dir)
         ds = chunks.map(_process_chunks, batched=True, batch_size=1, fn_kwargs={"job": job, "path": s.path},
                         num_proc=cfg.num_proc if cfg.num_proc > 1 and len(chunks) > 1 else None,

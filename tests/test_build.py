@@ -174,6 +174,19 @@ def test_line_numbers_survive_blank_lines_crlf_and_a_missing_final_newline(data,
     assert Counter(split_packs(load_from_disk(str(tmp_path / "out" / "train")))) == Counter(want)
 
 
+def test_runs_of_only_blank_lines_give_no_rows_and_keep_line_numbers(data, tmp_path):
+    records = general_records(3, 4, prefix="b")
+    src = tmp_path / "gaps.jsonl"
+    src.write_text(json.dumps(records[0]) + "\n" + "\n" * 3000 + json.dumps(records[1]) + "\n" + " \n" * 2000
+                   + "{bad\n" + json.dumps(records[2]))
+    with mock.patch.multiple("trajtune.data_builders.build", CHUNK_BYTES=500, MIN_CHUNK_BYTES=1):
+        manifest = build(config(data, tmp_path / "out", data=[str(src)], num_proc=2))
+    assert sum(1 for start, end, _ in line_chunks(src, 500) if not src.read_bytes()[start:end].strip()) >= 8
+    assert (manifest["records_in"], manifest["kept"]) == (4, 3)
+    (bad,) = [json.loads(line) for line in (tmp_path / "out" / "dropped.jsonl").read_text().splitlines()]
+    assert (bad["line"], bad["reason"]) == (1 + 3000 + 1 + 2000 + 1, "bad_json")
+
+
 def test_many_drops_across_sources_and_record_batches_are_written_in_file_order(data, tmp_path):
     # Source b repeats every third record of a (exact duplicates, kept in a) and has bad lines; runs of ~1 KB make
     # many record batches, so drops and the records they repeat are read back from many batches of two files.

@@ -353,8 +353,9 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
     _release_free_memory()
     ok = columns["ok"]
     dropped_in_map = ~ok  # before dedup drops more
-    dedup_drops = _dedup(files, ok, columns.pop("key"), near=cfg.dedup == "near") if cfg.dedup != "none" else []
-    columns.pop("key", None)  # 8 bytes a record, needed no more
+    keys = columns.pop("key")
+    dedup_drops = _dedup(files, ok, keys, near=cfg.dedup == "near") if cfg.dedup != "none" else []
+    del keys  # 8 bytes a record, needed no more
 
     out.mkdir(parents=True, exist_ok=True)
     contaminated: list[dict] = []
@@ -535,6 +536,10 @@ class _CacheFiles:
     mask_at: np.ndarray
     local: np.ndarray  # int32: 4 bytes a row
 
+    def batch_of(self, rows: np.ndarray) -> np.ndarray:
+        """The record batch of each global row (`first` may repeat where a batch is empty: the last one counts)."""
+        return np.searchsorted(self.first, rows, side="right") - 1
+
 
 SCALARS = {"n_tokens": np.int32, "n_trained": np.int32, "truncated": bool, "key": np.int64}
 
@@ -604,7 +609,7 @@ def _rows_by_batch(files: _CacheFiles, rows: np.ndarray, columns: list[str]):
 
     if not len(rows):
         return
-    batch_of = np.searchsorted(files.first, rows, side="right") - 1
+    batch_of = files.batch_of(rows)
     cuts = np.flatnonzero(np.diff(batch_of)) + 1
     opened: dict[int, Any] = {}
     try:
@@ -625,7 +630,7 @@ def _rows_by_batch(files: _CacheFiles, rows: np.ndarray, columns: list[str]):
 def _read_tokens(files: _CacheFiles, fds: list[int], rows: np.ndarray, lengths: np.ndarray):
     """input_ids (int32) and loss_mask (int8) of `rows` (repeats allowed), back to back in `rows` order; `fds` are
     `files.names` opened."""
-    b = np.searchsorted(files.first, rows, side="right") - 1
+    b = files.batch_of(rows)
     local = files.local[rows].astype(np.int64)
     dest = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
     ids = np.empty(int(dest[-1]), np.int32)

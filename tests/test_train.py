@@ -6,6 +6,7 @@ Also home of `make_run_inputs`, the tiny built dataset + model the distributed t
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import random
@@ -175,17 +176,15 @@ def test_resume_auto_ignores_a_half_written_checkpoint(inputs, tmp_path):
     assert not list((out / "checkpoints").glob(".tmp-*"))
 
 
+def wrap_loss(monkeypatch, on_call) -> None:
+    """Make loop.token_loss_sum return on_call(n, loss): n counts its calls from 1 (two micro-batches a step here)."""
+    real, calls = loop.token_loss_sum, itertools.count(1)
+    monkeypatch.setattr(loop, "token_loss_sum", lambda logits, targets: on_call(next(calls), real(logits, targets)))
+
+
 def test_nan_loss_skips_the_step_and_counts_it(inputs, tmp_path, monkeypatch):
     data, model = inputs
-    real = loop.token_loss_sum
-    calls = {"n": 0}
-
-    def sometimes_nan(logits, targets):
-        calls["n"] += 1
-        loss = real(logits, targets)
-        return loss * float("nan") if calls["n"] in (3, 4) else loss  # both micro-batches of step 2
-
-    monkeypatch.setattr(loop, "token_loss_sum", sometimes_nan)
+    wrap_loss(monkeypatch, lambda n, loss: loss * float("nan") if n in (3, 4) else loss)  # both micro-batches of step 2
     out = tmp_path / "run"
     result = loop.train(config(data, model, out, max_steps=4, max_bad_steps=2))
     assert result["bad_steps"] == 1 and result["step"] == 4
@@ -202,16 +201,13 @@ def test_too_many_bad_steps_in_a_row_abort(inputs, tmp_path, monkeypatch):
 
 def test_sigusr1_saves_a_checkpoint_and_stops(inputs, tmp_path, monkeypatch):
     data, model = inputs
-    real = loop.token_loss_sum
-    calls = {"n": 0}
 
-    def signal_during_step_2(logits, targets):
-        calls["n"] += 1
-        if calls["n"] == 3:
+    def signal_during_step_2(n, loss):
+        if n == 3:
             os.kill(os.getpid(), signal.SIGUSR1)
-        return real(logits, targets)
+        return loss
 
-    monkeypatch.setattr(loop, "token_loss_sum", signal_during_step_2)
+    wrap_loss(monkeypatch, signal_during_step_2)
     out = tmp_path / "run"
     result = loop.train(config(data, model, out))
     assert result["stopped"] and result["step"] == 2

@@ -30,6 +30,7 @@ setup(
     install_requires=[
         "torch>=2.4",
         "transformers>=4.56",
+        "tokenizers>=0.21",  # encode_batch_fast
         "datasets>=3.0",
         "deepspeed>=0.16",
         "sentencepiece",

@@ -178,6 +178,70 @@ def test_render_batch_equals_render_with_mask_record_by_record(corpus, monkeypat
     assert all(_same(a, b) for a, b in zip(render_batch(corpus[:5], tok, "react"), want))
 
 
+def test_masks_from_ids_alone_equal_masks_from_offsets(corpus, monkeypatch):
+    # Byte-level BPEs are encoded without offsets and masked from each token's byte length; that must give
+    # exactly what the offsets give, also on multi-byte text, straddling tokens, and texts it must hand back.
+    from tokenizers import AddedToken, normalizers
+
+    template = (TEMPLATES / "qwen2.5-instruct.jinja").read_text()
+    texts = [m.get("content") or "" for r in corpus for m in r["messages"]] + ["北京的天气 ☀️ café naïve 🙂"] * 20
+    bpe = train_bpe_tokenizer(texts, vocab_size=1024, template=template)
+    nfc = train_bpe_tokenizer(texts, vocab_size=1024, template=template)
+    nfc.backend_tokenizer.normalizer = normalizers.NFC()  # as Qwen's tokenizer: lossless only on NFC text
+    strip = _tok("qwen2.5-instruct")  # <|im_end|> swallows the spaces before it: ids no longer spell the text
+    strip.backend_tokenizer.add_special_tokens([AddedToken("<|im_end|>", lstrip=True, special=True)])
+    multi = []
+    for content in ("北京 is 26 °C ☀️", "e\u0301 is not NFC", "ends in spaces   ", "🙂" * 3):
+        rec = copy.deepcopy(corpus[0])
+        rec["messages"][-1]["content"] = content
+        multi.append(validate_record(rec))
+    records = corpus + multi
+    for tok in (bpe, nfc, strip, _tok("qwen3"), _tok("glm-4-9b-chat"), _tok("phi-4-mini-instruct")):
+        assert render._byte_level(tok.backend_tokenizer, tok.backend_tokenizer.get_vocab_size(True)) is not None
+        from_ids = render_batch(records, tok)
+        with monkeypatch.context() as m:
+            m.setattr(render, "_byte_level", lambda *a: None)
+            from_offsets = render_batch(records, tok)
+        assert all(_same(a, b) for a, b in zip(from_ids, from_offsets))
+        assert not any(isinstance(r, RenderError) for r in from_ids)
+    assert not render._mask_from_bytes(*_ids_of(nfc, "e\u0301"), [(0, 1)], "x")  # NFC would change it
+    assert not render._mask_from_bytes(*_ids_of(strip, "a <|im_end|>"), [(0, 1)], "x")  # 1 byte short
+
+    # Straddling tokens: same error, same message, both ways.
+    straddle = ("{% for m in messages %}{% if m.role == 'user' %}<|user|>{{ m.content }}{% else %}Bot{{ m.content }}"
+                "<|end|>{% endif %}{% endfor %}{% if add_generation_prompt %}Bot{% endif %}")
+    tok = train_bpe_tokenizer(["Botty is here. Botty ü is here."] * 50, vocab_size=300, template=straddle)
+    recs = [validate_record({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": c}]})
+            for c in ("ty is here.", " is here.", "ty ü is here.", "ü")]
+    from_ids = render_batch(recs, tok)
+    monkeypatch.setattr(render, "_byte_level", lambda *a: None)
+    assert [getattr(r, "reason", "ok") for r in from_ids] == ["token_straddles_boundary", "ok"] * 2
+    assert all(_same(a, b) for a, b in zip(from_ids, render_batch(recs, tok)))
+
+
+def test_a_tokenizer_that_is_not_byte_level_is_masked_from_offsets(corpus):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    template = (TEMPLATES / "qwen2.5-instruct.jinja").read_text()
+    tk = Tokenizer(models.BPE(unk_token="<unk>"))
+    tk.pre_tokenizer, tk.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()  # sentencepiece-style
+    specials = ["<unk>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>"]
+    texts = [render_with_mask(r, _tok("qwen2.5-instruct")).text for r in corpus]
+    tk.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=800, special_tokens=specials, show_progress=False))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>")
+    tok.chat_template = template
+    assert render._byte_level(tk, tk.get_vocab_size(True)) is None
+    r = render_with_mask(corpus[0], tok)
+    assert len(r.trained_spans) > 2 and tok.decode([i for i, keep in zip(r.input_ids, r.loss_mask) if keep]).replace(" ", "") == \
+        "".join(_trained(r)).replace(" ", "")
+
+
+def _ids_of(tok, text: str) -> tuple:
+    be = tok.backend_tokenizer
+    return be.encode(text, add_special_tokens=False).ids, render._byte_level(be, be.get_vocab_size(True)), text
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Refusing wrong masks
 

@@ -28,6 +28,7 @@ Output (read by the trainer; do not change without it):
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import shutil
@@ -191,12 +192,21 @@ def _rows_table(rows: list[dict[str, Any]], lines: np.ndarray):
     col = {k: [r[k] for r in rows] for k in rows[0]}
     return pa.table({
         **{k: pa.array(col[k], pa.string()) for k in ("id", "reason", "detail")},
-        "input_ids": pa.array(col["input_ids"], pa.list_(pa.int32())),
-        "loss_mask": pa.array(col["loss_mask"], pa.list_(pa.int8())),
+        "input_ids": _list_array(col["input_ids"], np.int32), "loss_mask": _list_array(col["loss_mask"], np.int8),
         "n_tokens": pa.array(col["n_tokens"], pa.int32()), "n_trained": pa.array(col["n_trained"], pa.int32()),
         "truncated": pa.array(col["truncated"], pa.bool_()), "key": pa.array(col["key"], pa.int64()),
         "bands": pa.array(col["bands"], pa.list_(pa.int64())), "line": pa.array(lines, pa.int64()),
     }, schema=_features().arrow_schema)
+
+
+def _list_array(lists: list[list[int]], dtype):
+    """`pa.array(lists, pa.list_(dtype))`, ~4x faster: the values are gathered by one `np.fromiter`."""
+    import pyarrow as pa
+
+    offsets = np.zeros(len(lists) + 1, np.int32)
+    np.cumsum(np.fromiter(map(len, lists), np.int64, len(lists)), out=offsets[1:])
+    values = np.fromiter(itertools.chain.from_iterable(lists), dtype, int(offsets[-1]))
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 
 def _chunk_index(path: str, target: int, fingerprint: str, cache_dir: str | None):

@@ -319,3 +319,17 @@ def test_rotation_never_deletes_the_checkpoint_just_saved(tmp_path):
 def test_merge_lora_without_lora_is_refused_before_training(tmp_path):
     with pytest.raises(TrajtuneError, match="merge_lora=true needs a LoRA run"):
         config(tmp_path, tmp_path, tmp_path, merge_lora=True).check()
+
+
+def test_token_loss_sum_is_cross_entropy_over_trained_positions_with_the_same_gradient():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 6, 11, generator=g, dtype=torch.bfloat16, requires_grad=True)
+    targets = torch.tensor([[-100, 3, 4, -100, -100, 7], [1, -100, -100, -100, 2, -100]])
+    got = loop.token_loss_sum(logits, targets)
+    (grad,) = torch.autograd.grad(got, logits)
+    want = torch.nn.functional.cross_entropy(logits.float().reshape(-1, 11), targets.reshape(-1), reduction="sum")
+    (want_grad,) = torch.autograd.grad(want, logits)
+    assert got.dtype == torch.float32 and torch.allclose(got, want)
+    assert torch.equal(grad, want_grad) and not grad[0, 0].any() and grad[0, 1].any()
+    nothing = loop.token_loss_sum(logits, torch.full((2, 6), -100))
+    assert nothing.item() == 0 and not torch.autograd.grad(nothing, logits)[0].any()

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from trajtune.trainer.checkpoint import resolve_checkpoint
     from trajtune.trainer.config import TrainConfig
     from trajtune.trainer.engine import load_consolidated_state_dict
-    from trajtune.trainer.export import export_hf
+    from trajtune.trainer.export import export_hf, export_tokenizer
     from trajtune.trainer.modeling import load_model
 
     ckpt = resolve_checkpoint(args.checkpoint)
@@ -66,13 +66,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         model, _ = load_model(cfg.model, dtype=torch.float32, attn="sdpa", lora=lora)
 
-    from transformers import AutoTokenizer
-
-    tok_dir = Path(cfg.data) / "tokenizer"
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir if tok_dir.is_dir() else cfg.model))
-    except (OSError, ValueError) as e:
-        raise TrajtuneError(f"no tokenizer in {tok_dir} nor in {cfg.model} ({e}); the export would not be usable") from e
+    tokenizer = export_tokenizer(cfg.data, cfg.model)
     info = {"config": to_dict(cfg), "data_manifest_sha256": state.get("data_manifest_sha256"),
             "steps": state.get("step"), "checkpoint": str(ckpt)}
     export_hf(model, state_dict, tokenizer, args.out, info, merge_lora=args.merge, dtype=args.dtype)

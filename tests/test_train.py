@@ -240,6 +240,25 @@ def test_missing_dataset_is_a_clear_error(inputs, tmp_path):
         loop.train(config(tmp_path / "nowhere", model, tmp_path / "run"))
 
 
+def test_export_takes_the_models_tokenizer_without_a_dataset_one_and_fails_before_training_without_any(inputs, tmp_path):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    data, model = inputs
+    bare = tmp_path / "data"
+    shutil.copytree(data, bare, ignore=shutil.ignore_patterns("tokenizer"))
+    out = tmp_path / "run"
+    loop.train(config(bare, model, out, max_steps=1, export=True))
+    assert AutoTokenizer.from_pretrained(str(out / "final")).chat_template == \
+        AutoTokenizer.from_pretrained(str(model)).chat_template
+    no_tok = tmp_path / "model"
+    shutil.copytree(model, no_tok, ignore=shutil.ignore_patterns("tokenizer*", "chat_template*", "special_tokens*"))
+    with pytest.raises(TrajtuneError, match=r"(?s)no tokenizer in .*the export would not be usable"):
+        loop.train(config(bare, no_tok, tmp_path / "run2", max_steps=1, export=True))
+    assert not (tmp_path / "run2" / "checkpoints").exists()  # refused before any step
+
+
 def test_lora_run_trains_only_the_adapter_and_exports_it_merged(inputs, tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -36,6 +36,18 @@ def resolve_dtype(dtype) -> torch.dtype:
     return getattr(torch, DTYPES[dtype])
 
 
+def export_tokenizer(data: str | Path, model: str | Path):
+    """The tokenizer an export ships: the built dataset's (`DATA/tokenizer/`, what training saw), else the base
+    model's. Raises TrajtuneError when neither loads, since a model without its tokenizer is not usable."""
+    from transformers import AutoTokenizer
+
+    tok_dir = Path(data) / "tokenizer"
+    try:
+        return AutoTokenizer.from_pretrained(str(tok_dir if tok_dir.is_dir() else model))
+    except (OSError, ValueError) as e:
+        raise TrajtuneError(f"no tokenizer in {tok_dir} nor in {model} ({e}); the export would not be usable") from e
+
+
 def _cast(state_dict: dict, dtype: torch.dtype) -> dict:
     """Floating tensors to `dtype` on CPU; integer buffers untouched."""
     return {

@@ -129,6 +129,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         raise TrajtuneError(f"{cfg.data} has {len(train_ds)} packs: {cfg.epochs} epochs make no full global batch of "
                             f"{cfg.global_batch_size}; lower global_batch_size or raise epochs / max_steps")
     output_dir = Path(cfg.output_dir)
+    from trajtune.trainer.export import export_tokenizer
+
+    tokenizer = export_tokenizer(cfg.data, cfg.model) if cfg.export else None  # fails now, not after the run
     init_distributed(engine_kind == "deepspeed")
     if rank == 0:
         log.info("engine %s: %d rank(s) × micro %d × accumulation %d = global batch %d packs; %d steps (%.2f epochs "
@@ -247,9 +250,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if last_saved != step:
             checkpoint.save(engine, output_dir, step, {**trainer_state, "bad_steps": bad_total}, cfg.keep_last)
         if cfg.export:
-            export(engine, cfg, output_dir / "final", {"config": dataclasses.asdict(cfg), "steps": step,
-                                                       "data_manifest_sha256": manifest_sha,
-                                                       "attention_backend": attn_backend})
+            export(engine, cfg, tokenizer, output_dir / "final", {
+                "config": dataclasses.asdict(cfg), "steps": step, "data_manifest_sha256": manifest_sha,
+                "attention_backend": attn_backend})
     finally:
         stop.restore()
         metrics.close()
@@ -257,17 +260,12 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             "checkpoint": str(checkpoint.latest_checkpoint(output_dir)), "val_loss": val_loss}
 
 
-def export(engine: Any, cfg: TrainConfig, out_dir: Path, info: dict[str, Any]) -> None:
+def export(engine: Any, cfg: TrainConfig, tokenizer: Any, out_dir: Path, info: dict[str, Any]) -> None:
     """Collective: consolidate the weights (ZeRO-3 gathers them to rank 0) and write a Hugging Face model there."""
     from trajtune.trainer.export import export_hf
 
     state_dict = engine.full_state_dict()
     if engine.rank == 0:
-        tokenizer = None
-        if (Path(cfg.data) / "tokenizer").is_dir():
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(str(Path(cfg.data) / "tokenizer"))
         export_hf(engine.model, state_dict, tokenizer, str(out_dir), info, merge_lora=cfg.merge_lora,
                   dtype="bf16" if cfg.bf16 else "fp32")
         log.info("exported %s", out_dir)

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from trajtune.trainer.config import TrainConfig
     from trajtune.trainer.engine import load_consolidated_state_dict
     from trajtune.trainer.export import export_hf, export_tokenizer
-    from trajtune.trainer.modeling import load_model
+    from trajtune.trainer.modeling import wrap_lora
 
     ckpt = resolve_checkpoint(args.checkpoint)
     cfg = load_config(TrainConfig, _run_dir(ckpt) / "config.yaml", [f"model={args.model}"] if args.model else [])
@@ -55,16 +55,15 @@ def run(args: argparse.Namespace) -> int:
         raise TrajtuneError(f"--merge: the run in {ckpt} fine-tuned the full model (lora.r=0); there is nothing to merge")
     state = json.loads((ckpt / "trainer_state.json").read_text())
     state_dict = load_consolidated_state_dict(ckpt)
-    # The skeleton: same architecture (and LoRA wrapping) as in training; its weights are replaced. A full
-    # fine-tune's skeleton lives on the meta device: every weight comes from the checkpoint, so loading the base
-    # model's weights too would cost its whole size in memory for nothing.
-    if lora is None:
-        from transformers import AutoConfig, AutoModelForCausalLM
+    # The skeleton: same architecture (and LoRA wrapping) as in training, on the meta device. Every weight comes
+    # from the checkpoint (a LoRA run's holds the base weights too), so loading the base model's weights as well
+    # would cost its whole size in memory for nothing; a LoRA merge builds its own CPU copy (`_merged_copy`).
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cfg.model))
-    else:
-        model, _ = load_model(cfg.model, dtype=torch.float32, attn="sdpa", lora=lora)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cfg.model))
+        if lora is not None:
+            model = wrap_lora(model, lora)
 
     tokenizer = export_tokenizer(cfg.data, cfg.model)
     info = {"config": to_dict(cfg), "data_manifest_sha256": state.get("data_manifest_sha256"),

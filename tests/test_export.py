@@ -229,3 +229,8 @@ def test_cli_export_of_a_lora_checkpoint_merged(tmp_path, base_dir):
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
     ids = _ids(merged.config.vocab_size)
     torch.testing.assert_close(_logits(merged, ids), _logits(model, ids), rtol=1e-4, atol=1e-4)
+    # Without --merge: the adapter alone, which peft loads onto the base model (the skeleton was never loaded).
+    assert main(["export", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "adapter"), "--dtype", "fp32"]) == 0
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), tmp_path / "adapter")
+    torch.testing.assert_close(_logits(adapted, ids), _logits(model, ids), rtol=1e-4, atol=1e-4)
+    assert json.loads((tmp_path / "adapter" / "trajtune.json").read_text())["base_model"] == base_dir

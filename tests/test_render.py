@@ -181,13 +181,18 @@ def test_render_batch_equals_render_with_mask_record_by_record(corpus, monkeypat
 def test_masks_from_ids_alone_equal_masks_from_offsets(corpus, monkeypatch):
     # Byte-level BPEs are encoded without offsets and masked from each token's byte length; that must give
     # exactly what the offsets give, also on multi-byte text, straddling tokens, and texts it must hand back.
-    from tokenizers import AddedToken, normalizers
+    from tokenizers import AddedToken, Regex, normalizers, pre_tokenizers
 
     template = (TEMPLATES / "qwen2.5-instruct.jinja").read_text()
     texts = [m.get("content") or "" for r in corpus for m in r["messages"]] + ["北京的天气 ☀️ café naïve 🙂"] * 20
     bpe = train_bpe_tokenizer(texts, vocab_size=1024, template=template)
     nfc = train_bpe_tokenizer(texts, vocab_size=1024, template=template)
     nfc.backend_tokenizer.normalizer = normalizers.NFC()  # as Qwen's tokenizer: lossless only on NFC text
+    split = train_bpe_tokenizer(texts, vocab_size=1024, template=template)  # Llama-3 / Qwen2 shape: regex, then bytes
+    split.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                                   r"|\s*[\r\n]+|\s+(?!\S)|\s+"), "isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     strip = _tok("qwen2.5-instruct")  # <|im_end|> swallows the spaces before it: ids no longer spell the text
     strip.backend_tokenizer.add_special_tokens([AddedToken("<|im_end|>", lstrip=True, special=True)])
     multi = []
@@ -196,7 +201,7 @@ def test_masks_from_ids_alone_equal_masks_from_offsets(corpus, monkeypatch):
         rec["messages"][-1]["content"] = content
         multi.append(validate_record(rec))
     records = corpus + multi
-    for tok in (bpe, nfc, strip, _tok("qwen3"), _tok("glm-4-9b-chat"), _tok("phi-4-mini-instruct")):
+    for tok in (bpe, nfc, split, strip, _tok("qwen3"), _tok("glm-4-9b-chat"), _tok("phi-4-mini-instruct")):
         assert render._byte_level(tok.backend_tokenizer, tok.backend_tokenizer.get_vocab_size(True)) is not None
         from_ids = render_batch(records, tok)
         with monkeypatch.context() as m:

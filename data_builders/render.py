@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -48,6 +48,11 @@ STOP_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<|end_of_te
 
 # Texts per encode call in render_batch: amortises the call, bounds the Encodings held (~100 B a token).
 ENCODE_CHUNK = 64
+# Text between two added tokens at least this long, seen twice, is encoded once per process (`_ids_of_texts`);
+# at most REPEAT_CACHE_CHARS of such text is kept, and SEEN_MAX hashes of segments seen once.
+MIN_REPEAT_CHARS = 256
+REPEAT_CACHE_CHARS = 1 << 21  # ~10 MB of ids at most
+SEEN_MAX = 1 << 16
 
 REASONS = {
     "template_cannot_express": "the chat template has no way to show this record (tools, a call, content + call)",
@@ -534,12 +539,12 @@ def _encode_masked(tokenizer, items: list[tuple[str, list[tuple[int, int]], str]
         chunk = items[c:c + ENCODE_CHUNK]
         texts = [text for text, _, _ in chunk]
         if byte_level is not None:
-            encs = backend.encode_batch_fast(texts, add_special_tokens=False)
+            encs: list = _ids_of_texts(backend, byte_level, texts)
         else:
             encs = backend.encode_batch(texts, add_special_tokens=False)
         for (text, spans, where), enc in zip(chunk, encs):
             try:
-                result = _mask_from_bytes(enc.ids, byte_level, text, spans, where) if byte_level is not None else None
+                result = _mask_from_bytes(enc, byte_level, text, spans, where) if byte_level is not None else None
                 if result is None:
                     if byte_level is not None:  # encoded without offsets: encode this one again with them
                         enc = backend.encode(text, add_special_tokens=False)
@@ -550,10 +555,63 @@ def _encode_masked(tokenizer, items: list[tuple[str, list[tuple[int, int]], str]
     return out
 
 
-@dataclass(frozen=True)
+def _ids_of_texts(backend, byte_level: _ByteLevel, texts: list[str]) -> list[list[int]]:
+    """The ids of each text (`encode_batch_fast`), with long text segments that repeat across records encoded
+    once per process: a system prompt or tool list shared by a whole dataset is most of each record's text.
+
+    Exact because the tokenizer itself first cuts the text at added tokens and encodes each piece on its own:
+    cutting the text there too, and joining the pieces' ids, gives the same ids. `_byte_level` allows it only
+    where that cut is plain string matching (no added token strips spaces or matches whole words only, and
+    special tokens are not encoded as text)."""
+    if byte_level.added is None:
+        return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+    cache, seen = byte_level.cache, byte_level.seen
+    pieces: list[str] = []  # to encode in one call
+    fresh: dict[str, int] = {}  # segments seen a second time -> their piece, whose ids are cached
+    plans: list[list[int | str]] = []  # per text: pieces (int) and cached segments (str), in order
+    for text in texts:
+        plan: list[int | str] = []
+        start = at = 0  # start of the text not yet planned; char position of the current part
+        for k, part in enumerate(byte_level.added.split(text)):  # segment, added token, segment, ...
+            if k % 2 == 0 and len(part) >= MIN_REPEAT_CHARS:
+                if part in cache or part in fresh or hash(part) in seen:
+                    if start < at:
+                        plan.append(len(pieces))
+                        pieces.append(text[start:at])
+                    if part not in cache and part not in fresh:
+                        fresh[part] = len(pieces)
+                        pieces.append(part)
+                    plan.append(part)
+                    start = at + len(part)
+                else:
+                    seen.add(hash(part))  # first sight: stays inside its run of text
+            at += len(part)
+        if start < len(text):
+            plan.append(len(pieces))
+            pieces.append(text[start:])
+        plans.append(plan)
+    ids = [e.ids for e in backend.encode_batch_fast(pieces, add_special_tokens=False)]
+    for part, k in fresh.items():
+        cache[part] = ids[k]
+    out = [[i for step in plan for i in (ids[step] if isinstance(step, int) else cache[step])] for plan in plans]
+    byte_level.trim()
+    return out
+
+
+@dataclass
 class _ByteLevel:
     lengths: Any  # np.ndarray: bytes of text each token id stands for
     nfc: bool  # the tokenizer normalizes to NFC (Qwen): lossless only on text that already is NFC
+    added: re.Pattern | None  # splits a text at its added tokens (captured); None: cutting there is not exact
+    cache: dict[str, list[int]] = field(default_factory=dict)  # repeated segment -> its ids (`_ids_of_texts`)
+    seen: set[int] = field(default_factory=set)  # hashes of long segments seen once
+
+    def trim(self) -> None:
+        """Bound the per-process memory of `_ids_of_texts`: start afresh past REPEAT_CACHE_CHARS / SEEN_MAX."""
+        if sum(map(len, self.cache)) > REPEAT_CACHE_CHARS:
+            self.cache.clear()
+        if len(self.seen) > SEEN_MAX:
+            self.seen.clear()
 
 
 @lru_cache(maxsize=4)
@@ -590,7 +648,11 @@ def _byte_level(backend, vocab_size: int) -> _ByteLevel | None:
             lengths[i] = len(token)
     for i, token in added.items():
         lengths[i] = len(token.content.encode())
-    return _ByteLevel(lengths, norm is not None)
+    exact_cut = not backend.encode_special_tokens and not any(
+        t.lstrip or t.rstrip or t.single_word for t in added.values())
+    contents = sorted({t.content for t in added.values()}, key=len, reverse=True)  # longest first, as the tokenizer
+    pattern = re.compile("(" + "|".join(map(re.escape, contents)) + ")") if exact_cut and contents else None
+    return _ByteLevel(lengths, norm is not None, pattern)
 
 
 def _mask_from_bytes(ids: list[int], byte_level: _ByteLevel, text: str, spans: list[tuple[int, int]],

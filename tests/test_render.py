@@ -3,6 +3,7 @@ Hugging Face's apply_chat_template. The per-template x per-case pins live in tes
 
 import copy
 import json
+import random
 import subprocess
 import sys
 
@@ -195,15 +196,20 @@ def test_masks_from_ids_alone_equal_masks_from_offsets(corpus, monkeypatch):
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     strip = _tok("qwen2.5-instruct")  # <|im_end|> swallows the spaces before it: ids no longer spell the text
     strip.backend_tokenizer.add_special_tokens([AddedToken("<|im_end|>", lstrip=True, special=True)])
+    as_text = train_bpe_tokenizer(texts, vocab_size=1024, template=template)
+    as_text.backend_tokenizer.encode_special_tokens = True  # split_special_tokens=True: "<|im_end|>" is plain text
     multi = []
     for content in ("北京 is 26 °C ☀️", "e\u0301 is not NFC", "ends in spaces   ", "🙂" * 3):
         rec = copy.deepcopy(corpus[0])
         rec["messages"][-1]["content"] = content
         multi.append(validate_record(rec))
     records = corpus + multi
-    for tok in (bpe, nfc, split, strip, _tok("qwen3"), _tok("glm-4-9b-chat"), _tok("phi-4-mini-instruct")):
-        assert render._byte_level(tok.backend_tokenizer, tok.backend_tokenizer.get_vocab_size(True)) is not None
+    monkeypatch.setattr(render, "ENCODE_CHUNK", 16)
+    for tok in (bpe, nfc, split, strip, as_text, _tok("qwen3"), _tok("glm-4-9b-chat"), _tok("phi-4-mini-instruct")):
+        byte_level = render._byte_level(tok.backend_tokenizer, tok.backend_tokenizer.get_vocab_size(True))
+        assert byte_level is not None and (byte_level.added is None) == (tok in (strip, as_text))
         from_ids = render_batch(records, tok)
+        assert (tok in (strip, as_text)) or byte_level.cache  # the tool list of every record, encoded once
         with monkeypatch.context() as m:
             m.setattr(render, "_byte_level", lambda *a: None)
             from_offsets = render_batch(records, tok)
@@ -222,6 +228,30 @@ def test_masks_from_ids_alone_equal_masks_from_offsets(corpus, monkeypatch):
     monkeypatch.setattr(render, "_byte_level", lambda *a: None)
     assert [getattr(r, "reason", "ok") for r in from_ids] == ["token_straddles_boundary", "ok"] * 2
     assert all(_same(a, b) for a, b in zip(from_ids, render_batch(recs, tok)))
+
+
+def test_repeated_segments_are_encoded_once_and_joined_exactly(monkeypatch):
+    # Texts cut at added tokens around long repeated segments (at the start, the end, back to back, twice in one
+    # call, across calls, after the cache is trimmed) must give exactly the ids of encoding each text whole.
+    template = (TEMPLATES / "qwen2.5-instruct.jinja").read_text()
+    rng = random.Random(0)
+    words = "the of tool city weather query {} [] : , \n 北京 🙂 é".split(" ")
+    segments = [" ".join(rng.choices(words, k=rng.randint(60, 200))) for _ in range(5)]
+    tok = train_bpe_tokenizer(segments * 3, vocab_size=600, template=template)
+    backend = tok.backend_tokenizer
+    shared = render._byte_level(backend, backend.get_vocab_size(True))
+    byte_level = render._ByteLevel(shared.lengths, shared.nfc, shared.added)  # an empty cache of its own
+    specials = ["<|im_start|>", "<|im_end|>", "<tools>", "</tools>", "\n"]
+    texts = []
+    for _ in range(120):
+        parts = [rng.choice(segments) if rng.random() < 0.5 else " ".join(rng.choices(words, k=rng.randint(0, 90)))
+                 for _ in range(rng.randint(1, 6))]
+        texts.append("".join(p + rng.choice(specials) * rng.randint(0, 2) for p in parts))
+    monkeypatch.setattr(render, "REPEAT_CACHE_CHARS", 3000)  # trimmed now and then: the cache starts afresh
+    for c in range(0, len(texts), 7):
+        want = [e.ids for e in backend.encode_batch_fast(texts[c:c + 7], add_special_tokens=False)]
+        assert render._ids_of_texts(backend, byte_level, texts[c:c + 7]) == want
+    assert byte_level.cache and byte_level.seen
 
 
 def test_a_tokenizer_that_is_not_byte_level_is_masked_from_offsets(corpus):

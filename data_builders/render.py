@@ -648,9 +648,11 @@ def _byte_level(backend, vocab_size: int) -> _ByteLevel | None:
             lengths[i] = len(token)
     for i, token in added.items():
         lengths[i] = len(token.content.encode())
-    exact_cut = not backend.encode_special_tokens and not any(
+    # The tokenizer finds added tokens leftmost-longest, as the alternation below (longest first) does, but in two
+    # passes when some are matched on normalized text and some not; then a cut might differ, so none is made.
+    exact_cut = not backend.encode_special_tokens and len({t.normalized for t in added.values()}) <= 1 and not any(
         t.lstrip or t.rstrip or t.single_word for t in added.values())
-    contents = sorted({t.content for t in added.values()}, key=len, reverse=True)  # longest first, as the tokenizer
+    contents = sorted({t.content for t in added.values()}, key=len, reverse=True)
     pattern = re.compile("(" + "|".join(map(re.escape, contents)) + ")") if exact_cut and contents else None
     return _ByteLevel(lengths, norm is not None, pattern)
 

@@ -252,6 +252,10 @@ def test_repeated_segments_are_encoded_once_and_joined_exactly(monkeypatch):
         want = [e.ids for e in backend.encode_batch_fast(texts[c:c + 7], add_special_tokens=False)]
         assert render._ids_of_texts(backend, byte_level, texts[c:c + 7]) == want
     assert byte_level.cache and byte_level.seen
+    from tokenizers import AddedToken
+
+    backend.add_tokens([AddedToken("<extra>", normalized=True)])  # found in a second pass: no cuts then
+    assert render._byte_level(backend, backend.get_vocab_size(True)).added is None
 
 
 def test_a_tokenizer_that_is_not_byte_level_is_masked_from_offsets(corpus):

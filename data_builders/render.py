@@ -18,8 +18,9 @@ check out on the record; otherwise the proof runs.
 
 How a template wants tools and calls is measured once by `template_profile.py`. Templates that ignore
 `tool_calls` get the calls as text in the model's own syntax (`tool_calls.format_tool_calls`); templates
-with no tools at all need a prompt format (`prompt_formats.py`). The full text is tokenized once; a token
-straddling a span edge is an error (training would see tokens inference never produces), never a guess.
+with no tools at all need a prompt format (`prompt_formats.py`). The full text is tokenized once (`_encode_masked`:
+byte-level BPEs without offsets, with repeated long segments from a per-process cache, giving the same ids); a
+token straddling a span edge is an error (training would see tokens inference never produces), never a guess.
 """
 
 from __future__ import annotations

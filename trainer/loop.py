@@ -114,6 +114,7 @@ def validation_loss(engine: Any, val_ds: Any, micro: int) -> float:
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) the SFT run described by `cfg`. Returns {"step", "losses" (step -> loss), "bad_steps",
     "stopped" (True when a signal ended it early), "checkpoint", "val_loss"}. Raises TrajtuneError on bad input."""
+    from trajtune.trainer.export import export_tokenizer
     from trajtune.trainer.metrics import MetricsLogger, Throughput, memory_gb, peak_flops
     from trajtune.trainer.modeling import flops_per_token, load_model
 
@@ -129,8 +130,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         raise TrajtuneError(f"{cfg.data} has {len(train_ds)} packs: {cfg.epochs} epochs make no full global batch of "
                             f"{cfg.global_batch_size}; lower global_batch_size or raise epochs / max_steps")
     output_dir = Path(cfg.output_dir)
-    from trajtune.trainer.export import export_tokenizer
-
     tokenizer = export_tokenizer(cfg.data, cfg.model) if cfg.export else None  # fails now, not after the run
     init_distributed(engine_kind == "deepspeed")
     if rank == 0:

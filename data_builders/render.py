@@ -568,10 +568,10 @@ def _ids_of_texts(backend, byte_level: _ByteLevel, texts: list[str]) -> list[lis
         return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
     cache, seen = byte_level.cache, byte_level.seen
     pieces: list[str] = []  # to encode in one call
-    fresh: dict[str, int] = {}  # segments seen a second time -> their piece, whose ids are cached
-    plans: list[list[int | str]] = []  # per text: pieces (int) and cached segments (str), in order
+    fresh: dict[str, int] = {}  # segments seen a second time -> their piece, whose ids are then cached
+    plans: list[list[int | list[int]]] = []  # per text, in order: a piece to encode (int) or cached ids
     for text in texts:
-        plan: list[int | str] = []
+        plan: list[int | list[int]] = []
         start = at = 0  # start of the text not yet planned; char position of the current part
         for k, part in enumerate(byte_level.added.split(text)):  # segment, added token, segment, ...
             if k % 2 == 0 and len(part) >= MIN_REPEAT_CHARS:
@@ -579,10 +579,13 @@ def _ids_of_texts(backend, byte_level: _ByteLevel, texts: list[str]) -> list[lis
                     if start < at:
                         plan.append(len(pieces))
                         pieces.append(text[start:at])
-                    if part not in cache and part not in fresh:
-                        fresh[part] = len(pieces)
-                        pieces.append(part)
-                    plan.append(part)
+                    if part in cache:
+                        plan.append(cache[part])
+                    else:
+                        if part not in fresh:
+                            fresh[part] = len(pieces)
+                            pieces.append(part)
+                        plan.append(fresh[part])
                     start = at + len(part)
                 else:
                     seen.add(hash(part))  # first sight: stays inside its run of text
@@ -594,7 +597,7 @@ def _ids_of_texts(backend, byte_level: _ByteLevel, texts: list[str]) -> list[lis
     ids = [e.ids for e in backend.encode_batch_fast(pieces, add_special_tokens=False)]
     for part, k in fresh.items():
         cache[part] = ids[k]
-    out = [[i for step in plan for i in (ids[step] if isinstance(step, int) else cache[step])] for plan in plans]
+    out = [[i for step in plan for i in (ids[step] if isinstance(step, int) else step)] for plan in plans]
     byte_level.trim()
     return out
 

@@ -630,9 +630,10 @@ def _byte_level(backend, vocab_size: int) -> _ByteLevel | None:
     from tokenizers import models, normalizers, pre_tokenizers
 
     norm, pre = backend.normalizer, backend.pre_tokenizer
-    if not (norm is None or type(norm) is normalizers.NFC) or not isinstance(backend.model, models.BPE) \
-            or backend.model.byte_fallback or pre is None:
-        return None
+    model = backend.model
+    if not (norm is None or type(norm) is normalizers.NFC) or not isinstance(model, models.BPE) or model.byte_fallback \
+            or model.continuing_subword_prefix or model.end_of_word_suffix or pre is None:
+        return None  # (a subword prefix or word suffix is spelled in the token but is not in the text)
     steps = [pre]
     if type(pre) is pre_tokenizers.Sequence:
         steps = []

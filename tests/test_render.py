@@ -271,6 +271,9 @@ def test_a_tokenizer_that_is_not_byte_level_is_masked_from_offsets(corpus):
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>")
     tok.chat_template = template
     assert render._byte_level(tk, tk.get_vocab_size(True)) is None
+    suffixed = Tokenizer(models.BPE(end_of_word_suffix="</w>"))  # byte-level, but "</w>" is spelled in its tokens
+    suffixed.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    assert render._byte_level(suffixed, suffixed.get_vocab_size(True)) is None
     r = render_with_mask(corpus[0], tok)
     assert len(r.trained_spans) > 2 and tok.decode([i for i, keep in zip(r.input_ids, r.loss_mask) if keep]).replace(" ", "") == \
         "".join(_trained(r)).replace(" ", "")

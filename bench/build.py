@@ -5,7 +5,8 @@ and a ShareGPT-like general chat corpus (no tools, median ~600 tokens), trains a
 template, then prints side by side, each contender in its own fresh process with a cold cache:
 records/s, tokens/s, packing efficiency at 4096 and 2048, samples longer than seq_len (truncated by TRL
 silently; by us at a message boundary, counted), the Martello-Toth L2 bound, peak RSS; plus a mixed build
-(agent 0.2 : general 0.8) and the time of a cached re-run. TRL is a dev-only dependency of this script.
+(agent 0.2 : general 0.8) and the time of a cached re-run. `trajtune-nocache` is the same build with the
+repeated-segment cache off (`render._ids_of_texts`). TRL is a dev-only dependency of this script.
 
     python bench/build.py --records 3000 [--work /tmp/trajtune-bench] [--num-proc 2]
 """
@@ -89,10 +90,12 @@ def run_trajtune(a) -> dict:
     import datasets
     from transformers import AutoTokenizer  # noqa: F401  imported before the clock starts, as for TRL
 
-    from trajtune.data_builders import render  # noqa: F401
+    from trajtune.data_builders import render
     from trajtune.data_builders.build import BuildConfig, build
 
     datasets.disable_progress_bars()
+    if a.one == "trajtune-nocache":  # every text encoded whole, as where nothing long repeats (the map forks: inherited)
+        render.MIN_REPEAT_CHARS = sys.maxsize
 
     cfg = BuildConfig(data=a.data, tokenizer=a.tokenizer, seq_len=a.seq_len, out=a.out, num_proc=a.num_proc,
                       cache_dir=a.cache, overlong="truncate")
@@ -155,7 +158,7 @@ def main() -> None:
     p.add_argument("--rss", type=int, nargs=2, metavar=("N1", "N2"),
                    help="instead: peak memory of one-process builds of N1 and N2 short chat records")
     # child mode
-    p.add_argument("--one", choices=["trajtune", "trl"], help=argparse.SUPPRESS)
+    p.add_argument("--one", choices=["trajtune", "trajtune-nocache", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--data", action="append", help=argparse.SUPPRESS)
     p.add_argument("--tokenizer", help=argparse.SUPPRESS)
     p.add_argument("--seq-len", type=int, help=argparse.SUPPRESS)
@@ -163,7 +166,7 @@ def main() -> None:
     p.add_argument("--cache", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.one:
-        print(json.dumps((run_trajtune if a.one == "trajtune" else run_trl)(a)))
+        print(json.dumps((run_trl if a.one == "trl" else run_trajtune)(a)))
         return
 
     work = Path(a.work)
@@ -191,7 +194,7 @@ def main() -> None:
     for rep in range(a.repeat):
         for seq_len in (4096, 2048):
             times = {}
-            for who in ("trajtune",) if a.skip_trl else ("trajtune", "trl"):
+            for who in ("trajtune", "trajtune-nocache") + (() if a.skip_trl else ("trl",)):
                 name = f"{who}{seq_len}-{rep}"
                 r = child(["--one", who, *common(name, [str(agent)], seq_len)])
                 times[who] = r["seconds"]
@@ -220,7 +223,10 @@ def main() -> None:
             per_round = sorted(rounds[seq_len])
             print(f"speed-up over TRL @{seq_len}: {speed:.2f}x best against best (wall time, same records); "
                   f"per round (back to back): median {per_round[len(per_round) // 2]:.2f}x, "
-                  + " ".join(f"{x:.2f}" for x in rounds[seq_len]))
+                  + " ".join(f"{x:.2f}" for x in rounds[seq_len])
+                  + f"; without the repeated-segment cache {rows[('trl', seq_len)]['seconds'] / rows[('trajtune-nocache', seq_len)]['seconds']:.2f}x")
+    print("(trajtune-nocache encodes every text whole: what a corpus whose long segments never repeat gets. Here each "
+          "record carries the same tool list, which the bench tokenizer's <tools> token sets apart.)")
     tt = rows[("trajtune", 4096)]
     print(f"samples longer than 2048 (TRL truncates them silently): {rows[('trajtune', 2048)]['too_long']} of "
           f"{tt['records']} ({rows[('trajtune', 2048)]['too_long'] / tt['records']:.0%}); trajtune cut them after "

@@ -534,7 +534,7 @@ def _encode_masked(tokenizer, items: list[tuple[str, list[tuple[int, int]], str]
     if not items:
         return []
     backend = _backend(tokenizer, items[0][2])
-    byte_level = _byte_level(backend, backend.get_vocab_size(with_added_tokens=True))
+    byte_level = _byte_level(backend)
     out: list[tuple[list[int], list[int]] | RenderError] = []
     for c in range(0, len(items), ENCODE_CHUNK):
         chunk = items[c:c + ENCODE_CHUNK]
@@ -618,14 +618,20 @@ class _ByteLevel:
             self.seen.clear()
 
 
-@lru_cache(maxsize=4)
-def _byte_level(backend, vocab_size: int) -> _ByteLevel | None:
-    """The byte lengths of a byte-level BPE's tokens, or None for any other tokenizer.
+def _byte_level(backend) -> _ByteLevel | None:
+    """The byte lengths of a byte-level BPE's tokens, or None for any other tokenizer (see `_measure_byte_level`).
 
-    Byte-level BPE (GPT-2, Llama 3, Qwen, DeepSeek) with no normalizer (or NFC), no prefix space and no byte
+    Measured once per tokenizer and per state that changes the answer: a tokenizer that gains tokens, or whose
+    special tokens are switched to being encoded as text (`split_special_tokens`), is measured again."""
+    return _measure_byte_level(backend, backend.get_vocab_size(with_added_tokens=True), backend.encode_special_tokens)
+
+
+@lru_cache(maxsize=4)
+def _measure_byte_level(backend, vocab_size: int, encode_special_tokens: bool) -> _ByteLevel | None:
+    """Byte-level BPE (GPT-2, Llama 3, Qwen, DeepSeek) with no normalizer (or NFC), no prefix space and no byte
     fallback is lossless: the tokens' bytes concatenate to exactly the encoded text, each vocabulary character
-    standing for one byte and an added token for its own text. `vocab_size` is part of the cache key, so a
-    tokenizer that gains tokens is measured again."""
+    standing for one byte and an added token for its own text. `vocab_size` and `encode_special_tokens` are the
+    cache key beside `backend`."""
     import numpy as np
     from tokenizers import models, normalizers, pre_tokenizers
 
@@ -655,7 +661,7 @@ def _byte_level(backend, vocab_size: int) -> _ByteLevel | None:
         lengths[i] = len(token.content.encode())
     # The tokenizer finds added tokens leftmost-longest, as the alternation below (longest first) does, but in two
     # passes when some are matched on normalized text and some not; then a cut might differ, so none is made.
-    exact_cut = not backend.encode_special_tokens and len({t.normalized for t in added.values()}) <= 1 and not any(
+    exact_cut = not encode_special_tokens and len({t.normalized for t in added.values()}) <= 1 and not any(
         t.lstrip or t.rstrip or t.single_word for t in added.values())
     contents = sorted({t.content for t in added.values()}, key=len, reverse=True)
     pattern = re.compile("(" + "|".join(map(re.escape, contents)) + ")") if exact_cut and contents else None

@@ -206,7 +206,7 @@ def test_masks_from_ids_alone_equal_masks_from_offsets(corpus, monkeypatch):
     records = corpus + multi
     monkeypatch.setattr(render, "ENCODE_CHUNK", 16)
     for tok in (bpe, nfc, split, strip, as_text, _tok("qwen3"), _tok("glm-4-9b-chat"), _tok("phi-4-mini-instruct")):
-        byte_level = render._byte_level(tok.backend_tokenizer, tok.backend_tokenizer.get_vocab_size(True))
+        byte_level = render._byte_level(tok.backend_tokenizer)
         assert byte_level is not None and (byte_level.added is None) == (tok in (strip, as_text))
         from_ids = render_batch(records, tok)
         assert (tok in (strip, as_text)) or byte_level.cache  # the tool list of every record, encoded once
@@ -239,7 +239,7 @@ def test_repeated_segments_are_encoded_once_and_joined_exactly(monkeypatch):
     segments = [" ".join(rng.choices(words, k=rng.randint(60, 200))) for _ in range(5)]
     tok = train_bpe_tokenizer(segments * 3, vocab_size=600, template=template)
     backend = tok.backend_tokenizer
-    shared = render._byte_level(backend, backend.get_vocab_size(True))
+    shared = render._byte_level(backend)
     byte_level = render._ByteLevel(shared.lengths, shared.nfc, shared.added)  # an empty cache of its own
     specials = ["<|im_start|>", "<|im_end|>", "<tools>", "</tools>", "\n"]
     texts = []
@@ -252,10 +252,14 @@ def test_repeated_segments_are_encoded_once_and_joined_exactly(monkeypatch):
         want = [e.ids for e in backend.encode_batch_fast(texts[c:c + 7], add_special_tokens=False)]
         assert render._ids_of_texts(backend, byte_level, texts[c:c + 7]) == want
     assert byte_level.cache and byte_level.seen
+    backend.encode_special_tokens = True  # switched after the first use: measured again, and no cuts
+    assert render._byte_level(backend).added is None
+    backend.encode_special_tokens = False
+    assert render._byte_level(backend) is shared
     from tokenizers import AddedToken
 
     backend.add_tokens([AddedToken("<extra>", normalized=True)])  # found in a second pass: no cuts then
-    assert render._byte_level(backend, backend.get_vocab_size(True)).added is None
+    assert render._byte_level(backend).added is None
 
 
 def test_a_tokenizer_that_is_not_byte_level_is_masked_from_offsets(corpus):
@@ -270,10 +274,10 @@ def test_a_tokenizer_that_is_not_byte_level_is_masked_from_offsets(corpus):
     tk.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=800, special_tokens=specials, show_progress=False))
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>")
     tok.chat_template = template
-    assert render._byte_level(tk, tk.get_vocab_size(True)) is None
+    assert render._byte_level(tk) is None
     suffixed = Tokenizer(models.BPE(end_of_word_suffix="</w>"))  # byte-level, but "</w>" is spelled in its tokens
     suffixed.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    assert render._byte_level(suffixed, suffixed.get_vocab_size(True)) is None
+    assert render._byte_level(suffixed) is None
     r = render_with_mask(corpus[0], tok)
     assert len(r.trained_spans) > 2 and tok.decode([i for i, keep in zip(r.input_ids, r.loss_mask) if keep]).replace(" ", "") == \
         "".join(_trained(r)).replace(" ", "")
@@ -281,7 +285,7 @@ def test_a_tokenizer_that_is_not_byte_level_is_masked_from_offsets(corpus):
 
 def _ids_of(tok, text: str) -> tuple:
     be = tok.backend_tokenizer
-    return be.encode(text, add_special_tokens=False).ids, render._byte_level(be, be.get_vocab_size(True)), text
+    return be.encode(text, add_special_tokens=False).ids, render._byte_level(be), text
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -41,9 +41,9 @@ from typing import Any, Literal
 import numpy as np
 import xxhash
 
-from trajtune.data_builders import filters, mix, pack
-from trajtune.data_builders.errors import TrajtuneError
-from trajtune.data_builders.trajectory import InvalidRecord, iter_lines, parse_line, validate_record
+from . import filters, mix, pack
+from .errors import TrajtuneError
+from .trajectory import InvalidRecord, iter_lines, parse_line, validate_record
 
 FORMAT_VERSION = 1
 PACK_CHUNK = 64  # packs gathered and written per step: bounds the tokens held in memory
@@ -112,7 +112,7 @@ def process_record(raw: bytes, job: RecordJob) -> dict[str, Any]:
 
 def process_records(raws: list[bytes], job: RecordJob) -> list[dict[str, Any]]:
     """`process_record` of each line, with the renders of the batch tokenized together (`render_batch`)."""
-    from trajtune.data_builders.render import render_batch
+    from .render import render_batch
 
     rows, records = zip(*(_before_render(raw, job) for raw in raws)) if raws else ((), ())
     rows = list(rows)
@@ -146,7 +146,7 @@ def _before_render(raw: bytes, job: RecordJob) -> tuple[dict[str, Any], Any]:
 
 def _after_render(row: dict[str, Any], rendered, job: RecordJob) -> dict[str, Any]:
     """The row of a rendered record (a Rendered, or the RenderError it raised): mask checks and over-length."""
-    from trajtune.data_builders.render import RenderError
+    from .render import RenderError
 
     if isinstance(rendered, RenderError):
         return {**row, "reason": rendered.reason, "detail": rendered.detail}
@@ -171,7 +171,7 @@ def _process_chunks(batch: dict[str, list], job: RecordJob, path: str):
     Each run is one read from the JSONL file; its records are rendered BATCH at a time."""
     import pyarrow as pa
 
-    from trajtune.data_builders.trajectory import split_lines
+    from .trajectory import split_lines
 
     tables = []
     with open(path, "rb") as f:
@@ -222,7 +222,7 @@ def _chunk_index(path: str, target: int, fingerprint: str, cache_dir: str | None
     from datasets import Dataset, Features, Value
     from datasets.arrow_writer import ArrowWriter
 
-    from trajtune.data_builders.trajectory import line_chunks
+    from .trajectory import line_chunks
 
     root = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "trajtune_chunks"
     target_file = root / f"chunks-{fingerprint[:32]}.arrow"
@@ -289,7 +289,7 @@ def _pack_features():
 
 
 def _load_tokenizer(cfg: BuildConfig):
-    from trajtune.data_builders.tokenizer import load_tokenizer
+    from .tokenizer import load_tokenizer
 
     return load_tokenizer(cfg.tokenizer, cfg.template)
 

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import xxhash
 
-from trajtune.data_builders.errors import TrajtuneError
-from trajtune.data_builders.trajectory import InvalidRecord, Trajectory, message_trained, validate_record
+from .errors import TrajtuneError
+from .trajectory import InvalidRecord, Trajectory, message_trained, validate_record
 
 # Why a build drops a record (besides the validation reasons of trajectory.REASONS and render's own reasons).
 DROP_REASONS = {

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trajtune.data_builders.errors import TrajtuneError
+from .errors import TrajtuneError
 
 _SPEC_RE = re.compile(r"^(?P<path>.+?)(?::(?:(?P<weight>\d*\.?\d+(?:[eE][-+]?\d+)?)|x(?P<epochs>\d*\.?\d+)))?$")
 

@@ -32,16 +32,16 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from trajtune.data_builders.errors import TrajtuneError
-from trajtune.data_builders.template_profile import (  # noqa: F401  (render_text is part of this module's API)
+from .errors import TrajtuneError
+from .template_profile import (  # noqa: F401  (render_text is part of this module's API)
     TemplateProfile,
     _try,
     _with_call,
     profile_template,
     render_text,
 )
-from trajtune.data_builders.tokenizer import _ROLE_CONCAT_RE
-from trajtune.data_builders.trajectory import Trajectory, message_trained
+from .tokenizer import _ROLE_CONCAT_RE
+from .trajectory import Trajectory, message_trained
 
 # Tokens after which the model stops: end-of-turn tokens, and for GLM/ChatGLM3 the role token it emits next.
 STOP_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end|>", "<|end_of_text|>", "<｜end▁of▁sentence｜>",
@@ -134,7 +134,7 @@ def _interleave_results(messages: list[dict]) -> list[tuple[int, dict]]:
 
 def format_calls(calls: list, syntax: str, where: str) -> str:
     """`tool_calls.format_tool_calls`, with a call the syntax cannot write turned into a RenderError."""
-    from trajtune.data_builders.tool_calls import format_tool_calls
+    from .tool_calls import format_tool_calls
 
     try:
         return format_tool_calls(calls, syntax)
@@ -155,7 +155,7 @@ def _tool_list_text(tools: list) -> str:
 def template_messages(record: Trajectory, template: str, prof: TemplateProfile, where: str) -> tuple[list[_Msg], list | None]:
     """The record as this template wants it, and the `tools=` to pass. Raises RenderError when the template
     cannot express the record."""
-    from trajtune.data_builders.tool_calls import mistral_call_id
+    from .tool_calls import mistral_call_id
 
     tools = record.get("tools") or []
     messages = record["messages"]
@@ -335,7 +335,7 @@ def _render_spans(record: Trajectory, tokenizer, prompt_format: str | None = Non
     template = tokenizer.chat_template
     where = template_name(tokenizer)
     if prompt_format is not None:
-        from trajtune.data_builders.prompt_formats import apply_prompt_format
+        from .prompt_formats import apply_prompt_format
 
         record, override = apply_prompt_format(record, prompt_format)
         if override is not None:
@@ -398,7 +398,7 @@ def _context_cached(template: str, special_items: tuple, eos: str) -> _Ctx:
     header = with_gen[len(plain):] if plain is not None and with_gen and with_gen.startswith(plain) else ""
     ctx = _Ctx(template, special, profile_template(template, special_items), stop_re, final, header, False)
     if header:
-        from trajtune.data_builders.render_check import fast_path_ok
+        from .render_check import fast_path_ok
 
         ctx = _Ctx(*[getattr(ctx, f) for f in ("template", "special", "profile", "stop_re", "final", "header")],
                    fast_path_ok(ctx))

@@ -68,8 +68,8 @@ BATTERY: dict[str, dict] = {
 def check_template(tokenizer, prompt_format: str | None = None) -> list[tuple[str, str, str]]:
     """Render every BATTERY case; return (case, verdict, detail) with verdict "ok" (detail = the trained text,
     spans joined by " | ") or "declined" (detail = the reason)."""
-    from trajtune.data_builders.render import RenderError, render_with_mask
-    from trajtune.data_builders.trajectory import validate_record
+    from .render import RenderError, render_with_mask
+    from .trajectory import validate_record
 
     rows = []
     for name, record in BATTERY.items():
@@ -86,8 +86,8 @@ def check_template(tokenizer, prompt_format: str | None = None) -> list[tuple[st
 
 def fast_path_ok(ctx) -> bool:
     """True if the one-render header path agrees with the prefix proof on every battery case (or defers)."""
-    from trajtune.data_builders.render import RenderError, _spans_by_header, _spans_by_prefix, template_messages
-    from trajtune.data_builders.trajectory import validate_record
+    from .render import RenderError, _spans_by_header, _spans_by_prefix, template_messages
+    from .trajectory import validate_record
 
     for record in list(BATTERY.values()) + list(_EXTRA.values()):
         try:

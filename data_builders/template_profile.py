@@ -128,7 +128,7 @@ def profile_template(template: str, special_items: tuple = ()) -> TemplateProfil
         with_content = said is not None and "probe_said" in said and shows_json_args(said)
         ids_rendered = "probecall1" in (out or "")
     else:
-        from trajtune.data_builders.tool_calls import ONE_CALL_PER_TURN
+        from .tool_calls import ONE_CALL_PER_TURN
 
         one_call = text_syntax in ONE_CALL_PER_TURN
 

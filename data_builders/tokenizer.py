@@ -116,7 +116,7 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4096, template: 
 def load_tokenizer(tokenizer_dir: str | Path | None = None, template: str | Path | None = None):
     """The tokenizer for a run: a saved/HF tokenizer dir, optionally with its chat template replaced by a
     .jinja file; or, with only a template, the byte-level tokenizer for it."""
-    from trajtune.data_builders.errors import TrajtuneError
+    from .errors import TrajtuneError
 
     template_text = None
     if template is not None:

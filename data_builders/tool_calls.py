@@ -25,7 +25,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
-from trajtune.data_builders.trajectory import InvalidRecord, Tool, ToolCall, _check_arguments, _normalise_tools
+from .trajectory import InvalidRecord, Tool, ToolCall, _check_arguments, _normalise_tools
 
 # name -> one line on what the model emits (also the list the CLI shows).
 SYNTAXES: dict[str, str] = {

@@ -25,8 +25,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from trajtune.data_builders.errors import TrajtuneError
-from trajtune.data_builders.trajectory import InvalidRecord, Tool, _check_arguments, _normalise_tools
+from .errors import TrajtuneError
+from .trajectory import InvalidRecord, Tool, _check_arguments, _normalise_tools
 
 
 def function_to_tool(fn: Callable[..., Any]) -> Tool:

@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     if module is None:
         parser.print_help()
         return 2
-    from trajtune.data_builders.errors import TrajtuneError
+    from ..data_builders.errors import TrajtuneError
 
     try:
         return int(module.run(args) or 0)

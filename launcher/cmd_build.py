@@ -49,8 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trajtune.data_builders.build import BuildConfig, build
-    from trajtune.launcher.config import load_config
+    from ..data_builders.build import BuildConfig, build
+    from .config import load_config
 
     overrides = []
     for key in ("data", "tokenizer", "template", "prompt_format", "seq_len", "overlong", "dedup", "decontam",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from trajtune.data_builders.converters import FORMATS
+    from ..data_builders.converters import FORMATS
 
     parser.add_argument(
         "inputs", nargs="+", metavar="INPUT", help="dataset files (.jsonl streams; .json is loaded whole)"
@@ -41,9 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_tools(path: str):
     """The --tools file as normalised OpenAI tools; TrajtuneError for anything else."""
-    from trajtune.data_builders.converters.common import tools_from_specs
-    from trajtune.data_builders.errors import TrajtuneError
-    from trajtune.data_builders.trajectory import InvalidRecord, validate_record
+    from ..data_builders.converters.common import tools_from_specs
+    from ..data_builders.errors import TrajtuneError
+    from ..data_builders.trajectory import InvalidRecord, validate_record
 
     try:
         with open(path, encoding="utf-8") as f:
@@ -65,9 +65,9 @@ def load_tools(path: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from trajtune.data_builders import converters
-    from trajtune.data_builders.errors import TrajtuneError
-    from trajtune.data_builders.trajectory import Ledger, dumps
+    from ..data_builders import converters
+    from ..data_builders.errors import TrajtuneError
+    from ..data_builders.trajectory import Ledger, dumps
 
     for p in args.inputs:
         if not Path(p).is_file():

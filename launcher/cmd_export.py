@@ -31,7 +31,7 @@ def _run_dir(checkpoint: Path) -> Path:
     for candidate in (checkpoint, checkpoint.parent, checkpoint.parent.parent):
         if (candidate / "config.yaml").is_file():
             return candidate
-    from trajtune.data_builders.errors import TrajtuneError
+    from ..data_builders.errors import TrajtuneError
 
     raise TrajtuneError(f"{checkpoint}: no config.yaml in it or the run directory above it; export needs the run's "
                         "config to know the base model and LoRA settings")
@@ -40,13 +40,13 @@ def _run_dir(checkpoint: Path) -> Path:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from trajtune.data_builders.errors import TrajtuneError
-    from trajtune.launcher.config import load_config, to_dict
-    from trajtune.trainer.checkpoint import resolve_checkpoint
-    from trajtune.trainer.config import TrainConfig
-    from trajtune.trainer.engine import load_consolidated_state_dict
-    from trajtune.trainer.export import export_hf, export_tokenizer
-    from trajtune.trainer.modeling import wrap_lora
+    from ..data_builders.errors import TrajtuneError
+    from ..trainer.checkpoint import resolve_checkpoint
+    from ..trainer.config import TrainConfig
+    from ..trainer.engine import load_consolidated_state_dict
+    from ..trainer.export import export_hf, export_tokenizer
+    from ..trainer.modeling import wrap_lora
+    from .config import load_config, to_dict
 
     ckpt = resolve_checkpoint(args.checkpoint)
     cfg = load_config(TrainConfig, _run_dir(ckpt) / "config.yaml", [f"model={args.model}"] if args.model else [])

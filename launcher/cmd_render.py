@@ -50,11 +50,11 @@ def _highlighted(text: str, spans: list[tuple[int, int]]):
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from trajtune.data_builders.errors import TrajtuneError
-    from trajtune.data_builders.render import RenderError, render_with_mask
-    from trajtune.data_builders.render_check import check_template
-    from trajtune.data_builders.tokenizer import load_tokenizer
-    from trajtune.data_builders.trajectory import InvalidRecord, iter_lines, parse_line, validate_record
+    from ..data_builders.errors import TrajtuneError
+    from ..data_builders.render import RenderError, render_with_mask
+    from ..data_builders.render_check import check_template
+    from ..data_builders.tokenizer import load_tokenizer
+    from ..data_builders.trajectory import InvalidRecord, iter_lines, parse_line, validate_record
 
     console = Console(highlight=False, soft_wrap=True)
     if args.check_template:

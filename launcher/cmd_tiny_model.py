@@ -22,8 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trajtune.data_builders.tokenizer import load_tokenizer
-    from trajtune.trainer.modeling import make_tiny_llama
+    from ..data_builders.tokenizer import load_tokenizer
+    from ..trainer.modeling import make_tiny_llama
 
     tokenizer = load_tokenizer(args.tokenizer)
     kv_heads = 2 if args.heads % 2 == 0 else args.heads

@@ -25,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from trajtune.launcher.config import describe, load_config
-    from trajtune.trainer.config import TrainConfig
+    from ..trainer.config import TrainConfig
+    from .config import describe, load_config
 
     if args.keys:
         for key, default, help_text in describe(TrainConfig):
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stderr,
                         format=f"[trajtune rank {rank}] %(message)s")
 
-    from trajtune.trainer.loop import train
+    from ..trainer.loop import train
 
     result = train(cfg)
     if rank == 0:

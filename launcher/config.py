@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from trajtune.data_builders.errors import TrajtuneError
+from ..data_builders.errors import TrajtuneError
 
 T = TypeVar("T")
 

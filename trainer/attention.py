@@ -19,7 +19,7 @@ import importlib.util
 import logging
 from typing import TYPE_CHECKING
 
-from trajtune.data_builders.errors import TrajtuneError
+from ..data_builders.errors import TrajtuneError
 
 if TYPE_CHECKING:
     import torch

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from trajtune.data_builders.errors import TrajtuneError
+from ..data_builders.errors import TrajtuneError
 
 LATEST = "latest"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from trajtune.data_builders.errors import TrajtuneError
+from ..data_builders.errors import TrajtuneError
 
 DEFAULT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")  # attention projections of Llama/Qwen/Mistral
 

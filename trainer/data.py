@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from trajtune.data_builders.errors import TrajtuneError
+from ..data_builders.errors import TrajtuneError
 
 IGNORE = -100
 COLUMNS = ("input_ids", "labels", "position_ids")

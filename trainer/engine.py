@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from trajtune.data_builders.errors import TrajtuneError
+from ..data_builders.errors import TrajtuneError
 
 # Keys the run config owns; a ds_config JSON must not set them.
 _OWNED_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
@@ -51,10 +51,8 @@ def build_ds_config(path: str | Path, cfg: Any, accumulation: int, world_size: i
     """The DeepSpeed config for a run: `path` (ZeRO settings only) + batch sizes, precision, clipping, optimizer."""
     path = Path(path)
     if not path.is_file() and not path.is_absolute():
-        # `ds_configs/zero3.json` (the default) also names the copy shipped beside the trajtune package.
-        import trajtune
-
-        shipped = Path(trajtune.__file__).resolve().parent / path
+        # `ds_configs/zero3.json` (the default) also names the copy shipped in the trajtune package root.
+        shipped = Path(__file__).resolve().parent.parent / path
         path = shipped if shipped.is_file() else path
     if not path.is_file():
         raise TrajtuneError(f"ds_config {path} does not exist (relative to the working directory or the trajtune "
@@ -276,7 +274,7 @@ def load_consolidated_state_dict(checkpoint_dir: str | Path) -> dict[str, torch.
     `checkpoint_dir` may be a checkpoint (`.../checkpoints/step_00000100`), the `checkpoints/` folder or the run's
     output_dir; the latter two resolve to the latest checkpoint.
     """
-    from trajtune.trainer.checkpoint import resolve_checkpoint
+    from .checkpoint import resolve_checkpoint
 
     ckpt = resolve_checkpoint(checkpoint_dir)
     if (ckpt / "model.pt").is_file():

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 import yaml
 
-from trajtune.data_builders.errors import TrajtuneError
-from trajtune.trainer import checkpoint
-from trajtune.trainer.config import TrainConfig
-from trajtune.trainer.data import (
+from ..data_builders.errors import TrajtuneError
+from . import checkpoint
+from .config import TrainConfig
+from .data import (
     IGNORE,
     collate,
     fetch,
@@ -35,7 +35,7 @@ from trajtune.trainer.data import (
     step_micro_batches,
     validation_micro_batches,
 )
-from trajtune.trainer.engine import build_ds_config, dist_env, init_distributed, make_engine
+from .engine import build_ds_config, dist_env, init_distributed, make_engine
 
 log = logging.getLogger("trajtune.train")
 
@@ -114,9 +114,9 @@ def validation_loss(engine: Any, val_ds: Any, micro: int) -> float:
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) the SFT run described by `cfg`. Returns {"step", "losses" (step -> loss), "bad_steps",
     "stopped" (True when a signal ended it early), "checkpoint", "val_loss"}. Raises TrajtuneError on bad input."""
-    from trajtune.trainer.export import export_tokenizer
-    from trajtune.trainer.metrics import MetricsLogger, Throughput, memory_gb, peak_flops
-    from trajtune.trainer.modeling import flops_per_token, load_model
+    from .export import export_tokenizer
+    from .metrics import MetricsLogger, Throughput, memory_gb, peak_flops
+    from .modeling import flops_per_token, load_model
 
     # --- Setup: config checks, ranks, engine kind, batch arithmetic (all before anything slow) ---
     cfg.check()
@@ -261,7 +261,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
 
 def export(engine: Any, cfg: TrainConfig, tokenizer: Any, out_dir: Path, info: dict[str, Any]) -> None:
     """Collective: consolidate the weights (ZeRO-3 gathers them to rank 0) and write a Hugging Face model there."""
-    from trajtune.trainer.export import export_hf
+    from .export import export_hf
 
     state_dict = engine.full_state_dict()
     if engine.rank == 0:

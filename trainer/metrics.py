@@ -15,7 +15,7 @@ import os
 import time
 from pathlib import Path
 
-from trajtune.data_builders.errors import TrajtuneError
+from ..data_builders.errors import TrajtuneError
 
 # Dense (no sparsity) bf16 tensor-core peaks, FLOP/s, from the vendors' datasheets. Matched in order, so the
 # more specific names come first. TRAJTUNE_PEAK_FLOPS overrides for anything not listed.

@@ -13,9 +13,9 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trajtune.data_builders.errors import TrajtuneError
-from trajtune.trainer.attention import VARLEN_NAME, choose_backend, register_varlen
-from trajtune.trainer.config import DEFAULT_LORA_TARGETS
+from ..data_builders.errors import TrajtuneError
+from .attention import VARLEN_NAME, choose_backend, register_varlen
+from .config import DEFAULT_LORA_TARGETS
 
 if TYPE_CHECKING:
     import torch

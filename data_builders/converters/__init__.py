@@ -16,10 +16,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from trajtune.data_builders.converters.common import FileContext
-from trajtune.data_builders.converters.reader import iter_records
-from trajtune.data_builders.errors import TrajtuneError
-from trajtune.data_builders.trajectory import InvalidRecord, Ledger, Tool, Trajectory
+from ..errors import TrajtuneError
+from ..trajectory import InvalidRecord, Ledger, Tool, Trajectory
+from .common import FileContext
+from .reader import iter_records
 
 # Most specific first: `detect` takes the first format that matches any sampled record.
 FORMATS: dict[str, str] = {
@@ -45,7 +45,7 @@ def get(name: str) -> ModuleType:
     """The converter module for a format name; TrajtuneError listing the names for an unknown one."""
     if name not in FORMATS:
         raise TrajtuneError(f"unknown format {name!r}; choose one of: auto, {', '.join(FORMATS)}")
-    return importlib.import_module(f"trajtune.data_builders.converters.{name}")
+    return importlib.import_module(f".{name}", __name__)
 
 
 def _is_record(obj: dict[str, Any]) -> bool:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from trajtune.data_builders.converters import sharegpt
-from trajtune.data_builders.converters.common import FileContext
-from trajtune.data_builders.trajectory import Trajectory
+from ..trajectory import Trajectory
+from . import sharegpt
+from .common import FileContext
 
 NAME = "agentinstruct"
 

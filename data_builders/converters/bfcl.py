@@ -16,8 +16,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from trajtune.data_builders.converters.common import FileContext, finish, meta_with_extras, need, tools_from_specs
-from trajtune.data_builders.trajectory import InvalidRecord, Tool, Trajectory
+from ..trajectory import InvalidRecord, Tool, Trajectory
+from .common import FileContext, finish, meta_with_extras, need, tools_from_specs
 
 NAME = "bfcl"
 CLASS_FILES = {

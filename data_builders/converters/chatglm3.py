@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from trajtune.data_builders.converters.common import (
+from ..trajectory import InvalidRecord, Trajectory
+from .common import (
     FileContext,
     finish_chat,
     tool_content,
 )
-from trajtune.data_builders.trajectory import InvalidRecord, Trajectory
 
 NAME = "chatglm3"
 _ROLES = ("system", "user", "assistant")

@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from trajtune.data_builders.trajectory import InvalidRecord, Tool, Trajectory, validate_record
+from ..trajectory import InvalidRecord, Tool, Trajectory, validate_record
 
 
 @dataclass

@@ -14,7 +14,8 @@ import json
 import re
 from typing import Any
 
-from trajtune.data_builders.converters.common import (
+from ..trajectory import InvalidRecord, Trajectory
+from .common import (
     FileContext,
     finish,
     loose_json,
@@ -23,7 +24,6 @@ from trajtune.data_builders.converters.common import (
     source_id,
     tools_from_specs,
 )
-from trajtune.data_builders.trajectory import InvalidRecord, Trajectory
 
 NAME = "glaive"
 _TURN = re.compile(r"(?:\A|\n)(USER|ASSISTANT|FUNCTION RESPONSE): ?")

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from trajtune.data_builders.converters.common import FileContext, finish, meta_with_extras, source_id, tools_from_specs
-from trajtune.data_builders.trajectory import InvalidRecord, Trajectory
+from ..trajectory import InvalidRecord, Trajectory
+from .common import FileContext, finish, meta_with_extras, source_id, tools_from_specs
 
 NAME = "glm4"
 _USED = frozenset({"id", "messages", "tools"})

@@ -12,8 +12,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from trajtune.data_builders.converters import sharegpt
-from trajtune.data_builders.converters.common import (
+from ..trajectory import InvalidRecord, Trajectory
+from . import sharegpt
+from .common import (
     FileContext,
     call_from_obj,
     finish,
@@ -23,7 +24,6 @@ from trajtune.data_builders.converters.common import (
     tool_content,
     tools_from_specs,
 )
-from trajtune.data_builders.trajectory import InvalidRecord, Trajectory
 
 NAME = "hermes"
 _TOOLS = re.compile(r"<tools>(.*?)</tools>", re.S)

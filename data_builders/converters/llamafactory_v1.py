@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from trajtune.data_builders.converters.common import (
+from ..trajectory import InvalidRecord, Trajectory
+from .common import (
     FileContext,
     calls_from_text,
     finish_chat,
     tool_content,
 )
-from trajtune.data_builders.trajectory import InvalidRecord, Trajectory
 
 NAME = "llamafactory_v1"
 _USED = frozenset({"id", "messages", "tools"})

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from trajtune.data_builders.converters.common import FileContext, finish, meta_with_extras, need, text_of_parts
-from trajtune.data_builders.trajectory import InvalidRecord, Trajectory
+from ..trajectory import InvalidRecord, Trajectory
+from .common import FileContext, finish, meta_with_extras, need, text_of_parts
 
 NAME = "openai"
 _USED = frozenset({"id", "source", "tools", "functions", "messages", "meta"})

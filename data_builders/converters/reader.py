@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from trajtune.data_builders.trajectory import InvalidRecord, iter_lines, parse_line
+from ..trajectory import InvalidRecord, iter_lines, parse_line
 
 _WS = " \t\r\n"
 _decoder = json.JSONDecoder()

@@ -15,7 +15,9 @@ import json
 import re
 from typing import Any
 
-from trajtune.data_builders.converters.common import (
+from ..errors import TrajtuneError
+from ..trajectory import InvalidRecord, Tool, Trajectory
+from .common import (
     FileContext,
     finish,
     function_tool,
@@ -24,8 +26,6 @@ from trajtune.data_builders.converters.common import (
     source_id,
     type_schema,
 )
-from trajtune.data_builders.errors import TrajtuneError
-from trajtune.data_builders.trajectory import InvalidRecord, Tool, Trajectory
 
 NAME = "seal_tools"
 _USED = frozenset({"id", "query", "calling"})

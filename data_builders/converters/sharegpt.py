@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from trajtune.data_builders.converters.common import (
+from ..trajectory import InvalidRecord, Trajectory
+from .common import (
     FileContext,
     calls_from_text,
     finish_chat,
 )
-from trajtune.data_builders.trajectory import InvalidRecord, Trajectory
 
 NAME = "sharegpt"
 ROLES = {

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from trajtune.data_builders.converters.common import (
+from ..errors import TrajtuneError
+from ..trajectory import Trajectory
+from .common import (
     FileContext,
     call_from_obj,
     finish,
@@ -17,8 +19,6 @@ from trajtune.data_builders.converters.common import (
     need,
     source_id,
 )
-from trajtune.data_builders.errors import TrajtuneError
-from trajtune.data_builders.trajectory import Trajectory
 
 NAME = "simple"
 _USED = frozenset({"id", "instruction", "input", "function_call", "output"})

@@ -13,9 +13,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from trajtune.data_builders.converters import sharegpt
-from trajtune.data_builders.converters.common import FileContext, finish, meta_with_extras, source_id, tools_from_specs
-from trajtune.data_builders.trajectory import InvalidRecord, Trajectory
+from ..trajectory import InvalidRecord, Trajectory
+from . import sharegpt
+from .common import FileContext, finish, meta_with_extras, source_id, tools_from_specs
 
 NAME = "toolace"
 MARKER = "Here is a list of functions in JSON format that you can invoke:"

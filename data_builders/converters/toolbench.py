@@ -12,8 +12,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from trajtune.data_builders.converters import openai
-from trajtune.data_builders.converters.common import (
+from ..trajectory import InvalidRecord, Tool, Trajectory
+from . import openai
+from .common import (
     FileContext,
     finish,
     function_tool,
@@ -22,7 +23,6 @@ from trajtune.data_builders.converters.common import (
     source_id,
     type_schema,
 )
-from trajtune.data_builders.trajectory import InvalidRecord, Tool, Trajectory
 
 NAME = "toolbench"
 _USED_ANSWER = frozenset({"function", "train_messages", "query"})

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from trajtune.data_builders.converters.common import (
+from ..trajectory import InvalidRecord, Tool, Trajectory
+from .common import (
     FileContext,
     call_from_obj,
     calls_from_text,
@@ -23,7 +24,6 @@ from trajtune.data_builders.converters.common import (
     source_id,
     type_schema,
 )
-from trajtune.data_builders.trajectory import InvalidRecord, Tool, Trajectory
 
 NAME = "xlam"
 _USED = frozenset({"id", "query", "tools", "answers"})

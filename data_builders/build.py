@@ -1,7 +1,7 @@
 """`trajtune build`: canonical trajectories -> a packed, masked, mixed token dataset + manifest.json.
 
 Stages, per source file (every drop is counted by reason and written to OUT/dropped.jsonl with file and line):
-1. index   the file cut into runs of whole lines of up to 2 MB (`_chunk_index`, cached by path+size+mtime);
+1. index   the file cut into runs of whole lines of up to 2 MB (`line_run_index`, cached by path+size+mtime);
 2. process `datasets.map(num_proc=N)` of the pure per-record function `process_record`, a run of lines at a time
            (one read from the file; BATCH records tokenized in one call, render.render_batch):
            parse + validate, no-trained-message filter, decontamination, dedup keys, render + mask, over-long
@@ -14,7 +14,7 @@ Stages, per source file (every drop is counted by reason and written to OUT/drop
 Memory: the build holds ~40 bytes a record at its peak (lengths, flags, sample and pack indices as NumPy arrays,
 int32 where that is enough; ~130 more with --dedup near), and nothing else that grows with the records: the map
 cache files have one record batch per few MB of input, and tokens are read with `os.preadv` a chunk of packs at a
-time (`_read_tokens`), never memory-mapped, since page faults map whole neighbourhoods of a file into RSS.
+time (`read_tokens`), never memory-mapped, since page faults map whole neighbourhoods of a file into RSS.
 
 Output (read by the trainer; do not change without it):
   OUT/manifest.json   counts, drops by reason, mixture, tokens, packing efficiency + L2 bound, tokenizer, seed...
@@ -28,7 +28,7 @@ Output (read by the trainer; do not change without it):
 from __future__ import annotations
 
 import dataclasses
-import itertools
+import hashlib
 import json
 import os
 import shutil
@@ -41,15 +41,17 @@ from typing import Any, Literal
 import numpy as np
 import xxhash
 
-from . import filters, mix, pack
+from . import arrow_io, filters, mix, pack
 from .errors import TrajtuneError
+from .progress import add_done, record_progress
 from .trajectory import InvalidRecord, iter_lines, parse_line, validate_record
 
 FORMAT_VERSION = 1
 PACK_CHUNK = 64  # packs gathered and written per step: bounds the tokens held in memory
 BATCH = 1000  # records rendered (and tokenized) together
-CHUNK_BYTES = 2 << 20  # most JSONL bytes per map batch (a run of whole lines, see `_chunk_index`)
+CHUNK_BYTES = 2 << 20  # most JSONL bytes per map batch (a run of whole lines, see `line_run_index`)
 MIN_CHUNK_BYTES = 64 << 10
+SCALARS = {"n_tokens": np.int32, "n_trained": np.int32, "truncated": bool, "key": np.int64}  # read per row
 MAX_LISTED = 1000  # contaminated records listed in the manifest (all of them are in dropped.jsonl)
 
 
@@ -165,7 +167,7 @@ def _after_render(row: dict[str, Any], rendered, job: RecordJob) -> dict[str, An
 
 
 def _process_chunks(batch: dict[str, list], job: RecordJob, path: str):
-    """A map batch of runs of lines (see `_chunk_index`) -> the processed rows of all their non-blank lines, as one
+    """A map batch of runs of lines (see `line_run_index`) -> the processed rows of all their non-blank lines, as one
     Arrow table of `_features()` (written as one record batch of the cache file).
 
     Each run is one read from the JSONL file; its records are rendered BATCH at a time."""
@@ -182,6 +184,7 @@ def _process_chunks(batch: dict[str, list], job: RecordJob, path: str):
             for i in range(0, len(numbers), BATCH):
                 raws = [buf[s:e].rstrip(b"\r\n") for s, e in zip(starts[i:i + BATCH].tolist(), ends[i:i + BATCH].tolist())]
                 tables.append(_rows_table(process_records(raws, job), numbers[i:i + BATCH]))
+                add_done(len(raws))
     return pa.concat_tables(tables) if tables else _features().arrow_schema.empty_table()
 
 
@@ -192,51 +195,11 @@ def _rows_table(rows: list[dict[str, Any]], lines: np.ndarray):
     col = {k: [r[k] for r in rows] for k in rows[0]}
     return pa.table({
         **{k: pa.array(col[k], pa.string()) for k in ("id", "reason", "detail")},
-        "input_ids": _list_array(col["input_ids"], np.int32), "loss_mask": _list_array(col["loss_mask"], np.int8),
+        "input_ids": arrow_io.list_array(col["input_ids"], np.int32), "loss_mask": arrow_io.list_array(col["loss_mask"], np.int8),
         "n_tokens": pa.array(col["n_tokens"], pa.int32()), "n_trained": pa.array(col["n_trained"], pa.int32()),
         "truncated": pa.array(col["truncated"], pa.bool_()), "key": pa.array(col["key"], pa.int64()),
         "bands": pa.array(col["bands"], pa.list_(pa.int64())), "line": pa.array(lines, pa.int64()),
     }, schema=_features().arrow_schema)
-
-
-def _list_array(lists: list[list[int]], dtype):
-    """`pa.array(lists, pa.list_(dtype))`, ~4x faster: the values are gathered by one `np.fromiter`."""
-    import pyarrow as pa
-
-    offsets = np.zeros(len(lists) + 1, np.int32)
-    np.cumsum(np.fromiter(map(len, lists), np.int64, len(lists)), out=offsets[1:])
-    values = np.fromiter(itertools.chain.from_iterable(lists), dtype, int(offsets[-1]))
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
-
-
-def _chunk_index(path: str, target: int, fingerprint: str, cache_dir: str | None):
-    """`path` cut into runs of whole lines of about `target` bytes (`line_chunks`), as a Dataset of (start, end,
-    first_line), cached under the datasets cache by `fingerprint` (file, code and target).
-
-    The map reads each run's bytes straight from the file, so the text is never copied into a cache. Why runs of
-    lines and not one row per line: each map batch becomes a record batch of the map's cache file, and reading
-    those files through a memory map pulls ~64 KB of RSS per record batch (the kernel maps pages around each
-    fault), so their number must not grow with the records; a per-line index would also be 24 bytes a line."""
-    import datasets
-    import pyarrow as pa
-    from datasets import Dataset, Features, Value
-    from datasets.arrow_writer import ArrowWriter
-
-    from .trajectory import line_chunks
-
-    root = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "trajtune_chunks"
-    target_file = root / f"chunks-{fingerprint[:32]}.arrow"
-    if not target_file.is_file():
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = target_file.with_name(f"{target_file.name}.{os.getpid()}.tmp")
-        features = Features({k: Value("int64") for k in ("start", "end", "first_line")})
-        runs = list(line_chunks(path, target))  # 24 bytes per `target` bytes of file
-        with ArrowWriter(features=features, path=str(tmp)) as writer:
-            writer.write_table(pa.table({k: [r[i] for r in runs] for i, k in enumerate(("start", "end", "first_line"))},
-                                        schema=features.arrow_schema))
-            writer.finalize()
-        os.replace(tmp, target_file)  # atomic: a concurrent or interrupted build never reads half an index
-    return Dataset.from_file(str(target_file))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -259,14 +222,15 @@ def tokenizer_hash(tokenizer: Any) -> str:
     return _hash(body, tokenizer.chat_template, getattr(tokenizer, "all_special_tokens", []))[:16]
 
 
-def _code_hash() -> str:
-    """The source of data_builders/*.py and the built-in prompt formats (render, filters, validation, this
-    file...), and the transformers version (its Jinja environment renders templates): an edit invalidates caches."""
+def _code_hash(here: Path | None = None) -> str:
+    """The source of every file below data_builders/ (.py and the built-in .jinja prompt formats, in every
+    subfolder: render, filters, validation, this file...) and the transformers version (its Jinja environment
+    renders templates): an edit anywhere invalidates the caches."""
     import transformers
 
-    here = Path(__file__).resolve().parent
-    files = sorted(here.glob("*.py")) + sorted(here.glob("prompt_formats/*.jinja"))
-    return _hash(transformers.__version__, *(p.read_text() for p in files))
+    here = here or Path(__file__).resolve().parent
+    files = sorted(p for p in here.rglob("*") if p.suffix in (".py", ".jinja") and "__pycache__" not in p.parts)
+    return _hash(transformers.__version__, *(f"{p.relative_to(here)}\n{p.read_text()}" for p in files))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -330,12 +294,14 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
     build_key = _hash(FORMAT_VERSION, settings, [file_fingerprint(s.path) for s in specs],
                       [file_fingerprint(f) for f in cfg.decontam], tok_hash, code)
     out = Path(cfg.out)
-    previous = out / "manifest.json"
-    if previous.is_file() and (out / "train").is_dir():
-        manifest = json.loads(previous.read_text())
-        if manifest.get("build_key") == build_key:
-            log(f"build: {out} is up to date (same inputs, config, tokenizer and code)")
-            return manifest
+    previous = _previous_build(out)
+    if previous is not None and previous.get("build_key") == build_key and (out / "train").is_dir():
+        log(f"build: {out} is up to date (same inputs, config, tokenizer and code)")
+        return previous
+    # Everything is written beside OUT and moved into place at the end: a failed or interrupted build leaves the
+    # previous dataset whole, and a trainer never reads half of a new one.
+    stage = out.with_name(out.name + ".partial")
+    shutil.rmtree(stage, ignore_errors=True)
 
     job = RecordJob(tok, cfg.prompt_format, cfg.seq_len, cfg.overlong, cfg.dedup, decontam)
     job_key = _hash(FORMAT_VERSION, tok_hash, cfg.prompt_format, cfg.seq_len, cfg.overlong, cfg.dedup,
@@ -346,11 +312,12 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
         # >= 32 runs per process, so that processes finish within ~3% of each other (datasets gives each a
         # contiguous share of the runs); at most CHUNK_BYTES, so a worker holds a few MB of records at a time.
         target = min(CHUNK_BYTES, max(MIN_CHUNK_BYTES, os.path.getsize(s.path) // (32 * cfg.num_proc)))
-        chunks = _chunk_index(s.path, target, _hash(fp, code, target), cfg.cache_dir)
-        ds = chunks.map(_process_chunks, batched=True, batch_size=1, fn_kwargs={"job": job, "path": s.path},
-                        num_proc=cfg.num_proc if cfg.num_proc > 1 and len(chunks) > 1 else None,
-                        features=_features(), remove_columns=chunks.column_names, writer_batch_size=1 << 30,
-                        new_fingerprint=_hash(fp, job_key, target)[:32], desc=f"render {Path(s.path).name}")
+        chunks = arrow_io.line_run_index(s.path, target, _hash(fp, code, target), cfg.cache_dir)
+        with record_progress(f"render {Path(s.path).name}", arrow_io.line_count(s.path, chunks)):
+            ds = chunks.map(_process_chunks, batched=True, batch_size=1, fn_kwargs={"job": job, "path": s.path},
+                            num_proc=cfg.num_proc if cfg.num_proc > 1 and len(chunks) > 1 else None,
+                            features=_features(), remove_columns=chunks.column_names, writer_batch_size=1 << 30,
+                            new_fingerprint=_hash(fp, job_key, target)[:32])
         processed.append(ds)
     del ds, chunks
 
@@ -358,18 +325,18 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
     names = [s.path for s in specs]
     sizes = [len(ds) for ds in processed]
     offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    files, columns = _scan_processed(processed)
-    del processed  # their memory maps: everything below reads the cache files by offset (see _CacheFiles)
-    _release_free_memory()
+    files, columns = arrow_io.scan_cache_files(processed, SCALARS)
+    del processed  # their memory maps: everything below reads the cache files by offset (see CacheFiles)
+    arrow_io.release_free_memory()
     ok = columns["ok"]
     dropped_in_map = ~ok  # before dedup drops more
     keys = columns.pop("key")
     dedup_drops = _dedup(files, ok, keys, near=cfg.dedup == "near") if cfg.dedup != "none" else []
     del keys  # 8 bytes a record, needed no more
 
-    out.mkdir(parents=True, exist_ok=True)
+    stage.mkdir(parents=True)
     contaminated: list[dict] = []
-    dropped_by_source = _write_dropped(out / "dropped.jsonl", files, names, offsets, dropped_in_map, dedup_drops,
+    dropped_by_source = _write_dropped(stage / "dropped.jsonl", files, names, offsets, dropped_in_map, dedup_drops,
                                        contaminated)
     del dropped_in_map, dedup_drops
 
@@ -399,16 +366,19 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
     del sampled, train_rows
 
     # ---- pack + write
-    tok.save_pretrained(str(out / "tokenizer"))
-    train_stats = _pack_and_write(files, train_samples, n_tokens, n_trained, cfg, out / "train", rng,
+    total_dropped: Counter = Counter()
+    for d in dropped_by_source:
+        total_dropped.update(d)
+    if not len(train_samples):
+        raise TrajtuneError(_nothing_to_train(cfg, int(sum(sizes)), total_dropped, stage / "dropped.jsonl"))
+    tok.save_pretrained(str(stage / "tokenizer"))
+    train_stats = _pack_and_write(files, train_samples, n_tokens, n_trained, cfg, stage / "train", rng,
                                   _hash(build_key, "train")[:16], log)
     val_stats = None
     val_samples = np.concatenate(val_rows)
     if cfg.val_fraction > 0:
-        val_stats = _pack_and_write(files, val_samples, n_tokens, n_trained, cfg, out / "validation", rng,
+        val_stats = _pack_and_write(files, val_samples, n_tokens, n_trained, cfg, stage / "validation", rng,
                                     _hash(build_key, "validation")[:16], log)
-    elif (out / "validation").exists():
-        shutil.rmtree(out / "validation")  # a stale split from an earlier build would be read as this one's
 
     # ---- manifest
     sampled_trained = [trained for _, _, trained in sampled_stats]
@@ -427,11 +397,12 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
             "effective_epochs": sampled_trained[i] / available[i] if available[i] else 0.0,
             "effective_mixture": sampled_trained[i] / total_trained,
         })
-    total_dropped: Counter = Counter()
-    for d in dropped_by_source:
-        total_dropped.update(d)
     manifest = {
         "format_version": FORMAT_VERSION, "build_key": build_key,
+        # What training reads (the packs' tokens and labels, the tokenizer, seq_len): the data's identity for
+        # resume and export. Unlike this file's bytes, it does not change when the same data is built again.
+        "data_sha256": hashlib.sha256(json.dumps([train_stats.pop("sha256"), val_stats and val_stats.pop("sha256"),
+                                                  tok_hash, cfg.seq_len]).encode()).hexdigest(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "build_seconds": round(time.time() - started, 2),
         "config": dataclasses.asdict(cfg),
         "tokenizer": {"name": getattr(tok, "name_or_path", "") or (cfg.template or ""), "hash": tok_hash,
@@ -446,27 +417,71 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
         "mixture": {s.path: src["effective_mixture"] for s, src in zip(specs, sources)},
         "train": train_stats, "validation": val_stats,
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (stage / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    _replace_dir(stage, out)
+    log(f"build: wrote {out}")
     return manifest
 
 
-def _release_free_memory() -> None:
-    """Hand memory that is free but still held by Arrow's allocator and glibc's heap back to the OS.
+def _previous_build(out: Path) -> dict[str, Any] | None:
+    """The manifest of the trajtune build in OUT, None if OUT is absent or empty; TrajtuneError if OUT is something
+    else, which a build would destroy."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise TrajtuneError(f"--out {out} is a file; give a directory for the built dataset")
+    manifest = out / "manifest.json"
+    if manifest.is_file():
+        try:
+            previous = json.loads(manifest.read_text())
+        except (OSError, ValueError):
+            previous = None
+        if isinstance(previous, dict) and "build_key" in previous and "format_version" in previous:
+            return previous
+    if next(out.iterdir(), None) is None:
+        return None
+    raise TrajtuneError(f"--out {out} exists and is not a trajtune build directory (it has no manifest.json written "
+                        "by `trajtune build`); the build would replace everything in it. Give a new directory, or "
+                        "remove this one first")
 
-    After an in-process map, ~50 MB of its freed buffers stay resident, and the per-record arrays of the stages
-    after it would pile on top of them (measured: build peak RSS at 1M records 456 -> 420 MiB)."""
-    import ctypes
-    import ctypes.util
 
-    import pyarrow as pa
+def _replace_dir(new: Path, old: Path) -> None:
+    """Move the finished build `new` to `old`, replacing what is there: two renames, never a half-written OUT."""
+    if old.exists():
+        trash = old.with_name(old.name + ".old")
+        shutil.rmtree(trash, ignore_errors=True)
+        old.rename(trash)
+        new.rename(old)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        old.parent.mkdir(parents=True, exist_ok=True)
+        new.rename(old)
 
-    pa.default_memory_pool().release_unused()
-    libc = ctypes.util.find_library("c")
-    if libc and hasattr(ctypes.CDLL(libc), "malloc_trim"):  # glibc only; elsewhere the allocator keeps it
-        ctypes.CDLL(libc).malloc_trim(0)
+
+def _nothing_to_train(cfg: BuildConfig, records_in: int, dropped: Counter, listing: Path) -> str:
+    """The error of a build that would write no training pack: what dropped the records, and what fixes each."""
+    reasons = ", ".join(f"{reason} {n}" for reason, n in dropped.most_common())
+    fixes = []
+    if dropped.get("overlong"):
+        fixes.append(f"raise --seq-len (now {cfg.seq_len})" + (", or keep records cut after their last trained "
+                     "message that fits with --overlong truncate" if cfg.overlong == "drop" else ""))
+    if dropped.get("contaminated"):
+        fixes.append("check the --decontam files: every record overlaps them")
+    if dropped.get("no_trained_token"):
+        fixes.append("mark assistant messages as trained (`loss` true, or leave it out)")
+    other = set(dropped) - {"overlong", "contaminated", "no_trained_token", "duplicate", "near_duplicate"}
+    if other:
+        fixes.append("run `trajtune convert` on the input to see what is invalid, record by record")
+    if not records_in:
+        fixes.append("the --data files hold no records")
+    return (f"no training pack to write: {records_in} records in, 0 kept for training"
+            + (f" (dropped: {reasons})" if reasons else "")
+            + ("; with --val-fraction every kept record went to validation, lower it" if not dropped and records_in else "")
+            + (f". Fix: {'; '.join(fixes)}" if fixes else "")
+            + f". Every dropped record is listed with its file, line and reason in {listing}")
 
 
-def _dedup(files: _CacheFiles, ok: np.ndarray, keys: np.ndarray, near: bool) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def _dedup(files: arrow_io.CacheFiles, ok: np.ndarray, keys: np.ndarray, near: bool) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """Drop exact (and near) duplicates among the kept rows (`ok`, updated in place), keeping the first in --data
     order. Returns (reason, dropped rows, the rows they repeat) for each kind. `keys`: every row's exact key."""
     dup, first = filters.duplicates(keys, among=ok)
@@ -476,7 +491,7 @@ def _dedup(files: _CacheFiles, ok: np.ndarray, keys: np.ndarray, near: bool) -> 
         rows = np.flatnonzero(ok)
         # Every kept row has exactly BANDS band keys, so the kept rows' flattened lists make a (kept, BANDS) matrix.
         bands = np.zeros((len(rows), filters.BANDS), np.int64)
-        for at, table in _rows_by_batch(files, rows, ["bands"]):
+        for at, table in arrow_io.rows_by_batch(files, rows, ["bands"]):
             bands[at] = table.column("bands").combine_chunks().flatten().to_numpy().reshape(-1, filters.BANDS)
         earliest = np.arange(len(rows))  # a near duplicate shares a band with an earlier row: the earliest such
         for b in range(filters.BANDS):
@@ -488,7 +503,7 @@ def _dedup(files: _CacheFiles, ok: np.ndarray, keys: np.ndarray, near: bool) -> 
     return drops
 
 
-def _write_dropped(path: Path, files: _CacheFiles, names: list[str], offsets: np.ndarray, dropped_in_map: np.ndarray,
+def _write_dropped(path: Path, files: arrow_io.CacheFiles, names: list[str], offsets: np.ndarray, dropped_in_map: np.ndarray,
                    dedup_drops: list[tuple[str, np.ndarray, np.ndarray]], contaminated: list) -> list[Counter]:
     """Write every dropped record (file, line, id, reason, detail), in file order, and count drops per source.
 
@@ -504,14 +519,14 @@ def _write_dropped(path: Path, files: _CacheFiles, names: list[str], offsets: np
     dup_rows, dup_kind, dup_same = dup_rows[order], dup_kind[order], dup_same[order]
     same_line = np.zeros(len(dup_same), np.int64)  # the kept record's line, read in row order
     order = np.argsort(dup_same, kind="stable")
-    for at, table in _rows_by_batch(files, dup_same[order], ["line"]):
+    for at, table in arrow_io.rows_by_batch(files, dup_same[order], ["line"]):
         same_line[order[at]] = table.column("line").to_numpy()
     same_source = np.searchsorted(offsets, dup_same, side="right") - 1
 
     counts = [Counter() for _ in names]
     dropped = np.union1d(np.flatnonzero(dropped_in_map), dup_rows)
     with open(path, "w", encoding="utf-8") as f:
-        for at, table in _rows_by_batch(files, dropped, ["line", "id", "reason", "detail"]):
+        for at, table in arrow_io.rows_by_batch(files, dropped, ["line", "id", "reason", "detail"]):
             rows = dropped[at]
             sources = (np.searchsorted(offsets, rows, side="right") - 1).tolist()
             d = np.minimum(np.searchsorted(dup_rows, rows), max(len(dup_rows) - 1, 0))
@@ -528,139 +543,11 @@ def _write_dropped(path: Path, files: _CacheFiles, names: list[str], offsets: np
     return counts
 
 
-@dataclass
-class _CacheFiles:
-    """Where every processed row lies in the datasets cache files, read by offset (`os.preadv`, `_rows_by_batch`).
-
-    Rows are numbered globally (sources in order, then their cache files, then record batches). Record batch b is
-    the IPC message at byte `message_at[b]` of file `names[file_of[b]]`, its first row is `first[b]`; row r of it
-    holds `n_tokens[r]` tokens that start `local[r]` values after the batch's first one, at byte `ids_at[b]` (int32
-    input_ids) and `mask_at[b]` (int8 loss_mask)."""
-
-    names: list[str]
-    schema: Any  # pa.Schema of every file
-    first: np.ndarray  # first global row of each record batch
-    file_of: np.ndarray
-    message_at: np.ndarray
-    ids_at: np.ndarray
-    mask_at: np.ndarray
-    local: np.ndarray  # int32: 4 bytes a row
-
-    def batch_of(self, rows: np.ndarray) -> np.ndarray:
-        """The record batch of each global row (`first` may repeat where a batch is empty: the last one counts)."""
-        return np.searchsorted(self.first, rows, side="right") - 1
-
-
-SCALARS = {"n_tokens": np.int32, "n_trained": np.int32, "truncated": bool, "key": np.int64}
-
-
-def _scan_processed(processed) -> tuple[_CacheFiles, dict[str, np.ndarray]]:
-    """One sequential read of the datasets cache files: the per-row scalars the build decides on (`ok` = kept so
-    far, and SCALARS), and where each record batch and its tokens lie.
-
-    Why not `ds.data.column(...)` and memory maps: packs gather samples from all over the cache files, and every
-    page fault of a memory map maps up to 64 KB around the page touched, so maps bring whole files into RSS.
-    Reads hold one record batch at a time and touch only the bytes asked for."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    names, first, file_of, message_at, ids_at, mask_at = [], [], [], [], [], []
-    total = sum(len(ds) for ds in processed)
-    # Filled in place, a record batch at a time: per-batch pieces and their concatenation would hold it twice.
-    columns = {k: np.zeros(total, t) for k, t in (("ok", bool), ("local", np.int32), *SCALARS.items())}
-    row, schema = 0, None
-    for ds in processed:
-        for cache in ds.cache_files:
-            name = cache["filename"]
-            with pa.OSFile(name, "rb") as f:
-                reader = pa.ipc.MessageReader.open_stream(f)
-                schema = pa.ipc.read_schema(reader.read_next_message())
-                while True:
-                    at = f.tell()  # the reader reads no further than the end of each message
-                    try:
-                        message = reader.read_next_message()
-                    except StopIteration:
-                        break
-                    body_at = f.tell() - message.body.size
-                    batch = pa.ipc.read_record_batch(message, schema)
-                    rows = slice(row, row + batch.num_rows)
-                    if rows.stop > total:
-                        row = rows.stop  # more rows than the datasets say: reported below
-                        break
-                    columns["ok"][rows] = pc.equal(batch.column("reason"), "").to_numpy(zero_copy_only=False)
-                    for k in SCALARS:
-                        columns[k][rows] = batch.column(k).to_numpy(zero_copy_only=False)
-                    first.append(row)
-                    file_of.append(len(names))
-                    message_at.append(at)
-                    for column, itemsize, out in (("input_ids", 4, ids_at), ("loss_mask", 1, mask_at)):
-                        lists = batch.column(column)
-                        offsets = lists.offsets.to_numpy()
-                        if not np.array_equal(np.diff(offsets), columns["n_tokens"][rows]):
-                            raise TrajtuneError(f"the datasets cache file {name} is not what this build wrote; "
-                                                "delete the cache directory (--cache-dir) and build again")
-                        values = lists.values
-                        where = values.buffers()[1].address - message.body.address
-                        out.append(body_at + where + itemsize * (values.offset + int(offsets[0])))
-                    columns["local"][rows] = offsets[:-1] - offsets[0]  # the same for both columns
-                    row += batch.num_rows
-            names.append(name)
-    if row != total:
-        raise TrajtuneError(f"the datasets cache files hold {row}+ rows, not the {total} expected; delete the cache "
-                            "directory (--cache-dir) and build again")
-    arrays = [np.array(x, np.int64) for x in (first, file_of, message_at, ids_at, mask_at)]
-    return _CacheFiles(names, schema, *arrays, columns.pop("local")), columns
-
-
-def _rows_by_batch(files: _CacheFiles, rows: np.ndarray, columns: list[str]):
-    """For each record batch that holds some of `rows` (global row ids, ascending, repeats allowed): (their
-    positions in `rows`, a Table of `columns` at them). Plain reads of one record batch at a time, no memory map."""
-    import pyarrow as pa
-
-    if not len(rows):
-        return
-    batch_of = files.batch_of(rows)
-    cuts = np.flatnonzero(np.diff(batch_of)) + 1
-    opened: dict[int, Any] = {}
-    try:
-        for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), len(rows)]):
-            b = int(batch_of[lo])
-            f = opened.get(int(files.file_of[b]))
-            if f is None:
-                f = opened[int(files.file_of[b])] = pa.OSFile(files.names[files.file_of[b]], "rb")
-            f.seek(int(files.message_at[b]))
-            batch = pa.ipc.read_record_batch(pa.ipc.read_message(f), files.schema)
-            table = pa.Table.from_batches([batch]).select(columns)
-            yield np.arange(lo, hi), table.take(pa.array(rows[lo:hi] - files.first[b]))
-    finally:
-        for f in opened.values():
-            f.close()
-
-
-def _read_tokens(files: _CacheFiles, fds: list[int], rows: np.ndarray, lengths: np.ndarray):
-    """input_ids (int32) and loss_mask (int8) of `rows` (repeats allowed), back to back in `rows` order; `fds` are
-    `files.names` opened."""
-    b = files.batch_of(rows)
-    local = files.local[rows].astype(np.int64)
-    dest = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
-    ids = np.empty(int(dest[-1]), np.int32)
-    mask = np.empty(int(dest[-1]), np.int8)
-    ids_bytes, mask_bytes = memoryview(ids).cast("B"), memoryview(mask).cast("B")
-    for fd, n, d, at_ids, at_mask in zip([fds[i] for i in files.file_of[b].tolist()], lengths.tolist(),
-                                         dest[:-1].tolist(), (files.ids_at[b] + 4 * local).tolist(),
-                                         (files.mask_at[b] + local).tolist()):
-        if os.preadv(fd, [ids_bytes[4 * d:4 * (d + n)]], at_ids) != 4 * n or \
-                os.preadv(fd, [mask_bytes[d:d + n]], at_mask) != n:
-            raise TrajtuneError("a datasets cache file was cut short while the build read it; build again")
-    return ids, mask
-
-
-def _pack_and_write(files: _CacheFiles, samples: np.ndarray, n_tokens, n_trained, cfg: BuildConfig, dest: Path, rng,
+def _pack_and_write(files: arrow_io.CacheFiles, samples: np.ndarray, n_tokens, n_trained, cfg: BuildConfig, dest: Path, rng,
                     fingerprint: str, log):
     """Pack `samples` (global row ids, repeats allowed) and save the packs to `dest` as a Dataset with `fingerprint`;
     return their statistics."""
     import pyarrow as pa
-    from datasets import DatasetInfo
     from datasets.arrow_writer import ArrowWriter
     from tqdm.auto import tqdm
 
@@ -679,33 +566,29 @@ def _pack_and_write(files: _CacheFiles, samples: np.ndarray, n_tokens, n_trained
     tmp.mkdir(parents=True)
     data_file = tmp / "data-00000-of-00001.arrow"
     fds = [os.open(name, os.O_RDONLY) for name in files.names]
+    digest = hashlib.sha256()  # of the tokens, labels and sample lengths of every pack, in order
     try:
         with ArrowWriter(features=_pack_features(), path=str(data_file)) as writer:
             for c0 in tqdm(range(0, n_bins, PACK_CHUNK), desc=f"write {dest.name}", unit="chunk", disable=n_bins == 0):
                 c1 = min(c0 + PACK_CHUNK, n_bins)
                 members = samples[order[starts[c0]:starts[c1]]]
-                ids, mask = _read_tokens(files, fds, members, n_tokens[members])
+                ids, mask = arrow_io.read_tokens(files, fds, members, n_tokens[members])
                 columns = pack.pack_columns(ids, mask, n_tokens[members], per_pack[c0:c1])
+                # The packs' tokens, labels and sample lengths with the packs' bounds; position_ids follow from these.
+                for values in (*(columns[k][0] for k in ("input_ids", "labels", "seq_lens")), columns["seq_lens"][1]):
+                    digest.update(memoryview(np.ascontiguousarray(values, dtype=np.int32)).cast("B"))
                 writer.write_table(pa.table({name: pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
                                              for name, (values, offsets) in columns.items()}))
             writer.finalize()
     finally:
         for fd in fds:
             os.close(fd)
-    # The layout of Dataset.save_to_disk (one shard), written in place: copying the file through save_to_disk
-    # would read every token back through a memory map, for nothing (and even opening it maps a page per pack chunk).
-    state = {"_data_files": [{"filename": data_file.name}], "_fingerprint": fingerprint, "_format_columns": None,
-             "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False, "_split": None}
-    (tmp / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
-    info = DatasetInfo(features=_pack_features())
-    (tmp / "dataset_info.json").write_text(json.dumps(dataclasses.asdict(info), indent=2, sort_keys=True))
-    shutil.rmtree(dest, ignore_errors=True)
-    tmp.rename(dest)
+    arrow_io.write_dataset_dir(tmp, dest, data_file, _pack_features(), fingerprint)
 
     total = int(lengths.sum())
     stats = {"samples": len(samples), "packs": n_bins, "total_tokens": total, "trained_tokens": int(n_trained[samples].sum()),
              "packing_efficiency": total / (n_bins * cfg.seq_len) if n_bins else 0.0, "l2_bound_packs": bound,
-             "efficiency_upper_bound": total / (bound * cfg.seq_len) if bound else 0.0}
+             "efficiency_upper_bound": total / (bound * cfg.seq_len) if bound else 0.0, "sha256": digest.hexdigest()}
     log(f"build: {dest.name}: {stats['samples']} samples -> {n_bins} packs of {cfg.seq_len}, efficiency "
         f"{stats['packing_efficiency']:.4f} (L2 bound: {bound} packs, efficiency <= {stats['efficiency_upper_bound']:.4f})")
     return stats

@@ -6,6 +6,7 @@ import random
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -14,6 +15,7 @@ from conftest import SHARED, TEMPLATES
 from datasets import load_from_disk
 
 from trajtune.data_builders.build import BuildConfig, RecordJob, build, process_record, truncation_point
+from trajtune.data_builders.errors import TrajtuneError
 from trajtune.data_builders.pack import IGNORE_INDEX
 from trajtune.data_builders.render import render_with_mask
 from trajtune.data_builders.tokenizer import load_tokenizer, train_bpe_tokenizer
@@ -217,10 +219,18 @@ def test_render_errors_are_dropped_under_the_renderers_reason(data, tmp_path):
     manifest = build(config(data, tmp_path / "out", data=[str(src)], tokenizer=None,
                             template=str(TEMPLATES / "llama-2-chat.jinja")))
     assert manifest["dropped_by_reason"] == {"template_cannot_express": 1} and manifest["kept"] == 1
+
+
+def test_a_build_with_nothing_to_train_fails_with_the_reasons_and_the_fix(data, tmp_path):
     only_bad = write_jsonl(tmp_path / "bad.jsonl", ["{oops"])
-    manifest = build(config(data, tmp_path / "empty", data=[str(only_bad)]))
-    assert manifest["kept"] == 0 and manifest["train"]["packs"] == 0
-    assert len(load_from_disk(str(tmp_path / "empty" / "train"))) == 0  # an empty build still loads
+    with pytest.raises(TrajtuneError, match=r"1 records in, 0 kept for training \(dropped: bad_json 1\).*trajtune convert"):
+        build(config(data, tmp_path / "empty", data=[str(only_bad)]))
+    assert not (tmp_path / "empty").exists()  # nothing half-built where the trainer would look
+    listing = tmp_path / "empty.partial" / "dropped.jsonl"
+    assert json.loads(listing.read_text())["reason"] == "bad_json"
+    # Every record longer than --seq-len: the message names both fixes.
+    with pytest.raises(TrajtuneError, match=r"overlong \d+\). Fix: raise --seq-len \(now 16\), or .*--overlong truncate"):
+        build(config(data, tmp_path / "short", seq_len=16, overlong="drop"))
 
 
 def test_same_seed_same_dataset_and_rerun_is_cached(data, tmp_path):
@@ -296,3 +306,59 @@ def test_example_config_has_only_known_keys():
 
     cfg = load_config(BuildConfig, ROOT / "configs" / "build.yaml")
     assert cfg.data == ["data/agent.jsonl:0.2", "data/general.jsonl:0.8"] and cfg.seq_len == 4096
+
+
+def test_data_identity_is_what_training_reads_not_when_it_was_built(data, tmp_path):
+    # A second build of the same inputs into a fresh directory: new timestamps, same data_sha256 (resume keys on
+    # it); another seed orders the packs differently, so the identity changes.
+    first = build(config(data, tmp_path / "a", val_fraction=0.1))
+    again = build(config(data, tmp_path / "b", val_fraction=0.1, cache_dir=str(tmp_path / "fresh-cache")))
+    assert (tmp_path / "a" / "manifest.json").read_bytes() != (tmp_path / "b" / "manifest.json").read_bytes()
+    assert again["data_sha256"] == first["data_sha256"] and len(first["data_sha256"]) == 64
+    assert build(config(data, tmp_path / "c", val_fraction=0.1, seed=1))["data_sha256"] != first["data_sha256"]
+    assert build(config(data, tmp_path / "d", val_fraction=0.1, seq_len=1024))["data_sha256"] != first["data_sha256"]
+    assert "sha256" not in first["train"]
+
+
+def test_out_is_refused_unless_it_is_a_build_and_replaced_whole(data, tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(TrajtuneError, match="is not a trajtune build directory"):
+        build(config(data, precious))
+    assert (precious / "notes.txt").read_text() == "keep me"
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(TrajtuneError, match="is a file"):
+        build(config(data, tmp_path / "afile"))
+    out = tmp_path / "out"
+    build(config(data, out, val_fraction=0.1))
+    assert (out / "validation").is_dir()
+    # A rebuild with other settings replaces the whole directory: no stale validation split, nothing beside it.
+    build(config(data, out, seq_len=1024))
+    assert not (out / "validation").exists() and json.loads((out / "manifest.json").read_text())["seq_len"] == 1024
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "out", "precious"]
+    # An interrupted rebuild leaves the previous dataset whole.
+    with mock.patch("trajtune.data_builders.build._pack_and_write", side_effect=KeyboardInterrupt):
+        with pytest.raises(KeyboardInterrupt):
+            build(config(data, out, seq_len=1536))
+    assert json.loads((out / "manifest.json").read_text())["seq_len"] == 1024 and len(load_from_disk(str(out / "train")))
+
+
+def test_render_progress_counts_records(data, tmp_path, capsys):
+    src = write_jsonl(tmp_path / "g.jsonl", general_records(29, 7) + [""] * 3)  # 29 records, 32 lines
+    build(config(data, tmp_path / "out", data=[str(src)]))
+    err = capsys.readouterr().err
+    assert "render g.jsonl: 100%" in err and "29/29 [" in err and "examples" not in err
+
+
+def test_code_hash_covers_files_in_subfolders(tmp_path):
+    import shutil
+
+    from trajtune.data_builders import build as build_module
+
+    copy = tmp_path / "data_builders"
+    shutil.copytree(Path(build_module.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    before = build_module._code_hash(copy)
+    with open(copy / "converters" / "__init__.py", "a") as f:
+        f.write("# an edit inside a wing\n")
+    assert build_module._code_hash(copy) != before

@@ -39,9 +39,9 @@ def format_template(name: str) -> str:
 
 
 def _system_prompt(name: str, system: str, tools: list) -> str:
-    from .template_profile import _compiled
+    from .template_profile import compiled_template
 
-    return _compiled(format_template(name)).render(system=system, tools=tools).strip()
+    return compiled_template(format_template(name)).render(system=system, tools=tools).strip()
 
 
 def _loss(src: Message, out: dict) -> dict:
@@ -54,14 +54,14 @@ def apply_prompt_format(record: Trajectory, name: str) -> tuple[Trajectory, str 
     """`record` rewritten for prompt format `name`, and the chat template that replaces the tokenizer's (or None).
 
     Example: `apply_prompt_format(rec, "react")[0]["messages"][0]["content"]` starts with the ReAct prompt."""
-    from .render import _interleave_results, format_calls
+    from .render import format_calls, interleave_results
 
     format_template(name)  # validates the name
     where = f"record {record.get('id', '?')} (prompt format {name})"
     tools = record.get("tools") or []
     messages = record["messages"]
     one_call = name in ("react", "chatglm3")
-    pairs = _interleave_results(list(messages)) if one_call else list(enumerate(messages))
+    pairs = interleave_results(list(messages)) if one_call else list(enumerate(messages))
 
     if name == "chatglm3":
         out: list[dict] = []

@@ -4,14 +4,14 @@
 character spans. Trained = exactly what the model generates at inference (DESIGN.md): for each trained
 assistant message, the text after the generation prompt through the end-of-turn token.
 
-The proof (`_spans_by_prefix`, always used with `exhaustive=True`): for every trained message `i`,
+The proof (`spans_by_prefix`, always used with `exhaustive=True`): for every trained message `i`,
 `messages[:i]` rendered with `add_generation_prompt=True` must be a prefix of the full render (or, where a
 template writes history slightly differently, its generation header must be found right where the two
 part); the span starts there and ends with the first stop token after it; `messages[:i+1]` rendered alone
 must give exactly that text (or end with it, when only the last turn gets a preamble such as Qwen3's empty
 `<think></think>`); and the span must hold the message's content and every call's name. Anything else
 raises RenderError naming template and message: never a silent wrong mask, never an all-zero mask.
-The default path (`_spans_by_header`) needs one render: the k-th assistant turn starts after the k-th
+The default path (`spans_by_header`) needs one render: the k-th assistant turn starts after the k-th
 occurrence of the template's generation header. It is used only for templates where it agrees with the
 proof on the whole battery (render_check.py), and only when the header count, span ends and content all
 check out on the record; otherwise the proof runs.
@@ -35,12 +35,12 @@ from typing import Any
 from .errors import TrajtuneError
 from .template_profile import (  # noqa: F401  (render_text is part of this module's API)
     TemplateProfile,
-    _try,
-    _with_call,
     profile_template,
     render_text,
+    try_render,
+    with_call,
 )
-from .tokenizer import _ROLE_CONCAT_RE
+from .tokenizer import ROLE_CONCAT_RE
 from .trajectory import Trajectory, message_trained
 
 # Tokens after which the model stops: end-of-turn tokens, and for GLM/ChatGLM3 the role token it emits next.
@@ -87,7 +87,7 @@ class RenderError(TrajtuneError):
 # Rendering
 
 
-def _special_kwargs(tokenizer) -> dict[str, str]:
+def special_kwargs(tokenizer) -> dict[str, str]:
     # A missing bos/eos renders as "" (apply_chat_template leaves it undefined, which renders the same).
     return {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
 
@@ -108,7 +108,7 @@ class _Msg:
     cont: bool = False  # continues the previous assistant turn in the same generation (GLM: text, then a call)
 
 
-def _interleave_results(messages: list[dict]) -> list[tuple[int, dict]]:
+def interleave_results(messages: list[dict]) -> list[tuple[int, dict]]:
     """For one-call-per-turn formats: an assistant turn with N calls followed by its N results becomes
     N (call, result) pairs, each result placed right after its call (matched by tool_call_id)."""
     out: list[tuple[int, dict]] = []
@@ -166,7 +166,7 @@ def template_messages(record: Trajectory, template: str, prof: TemplateProfile, 
     if has_calls and not prof.native_calls and prof.text_syntax is None:
         raise RenderError("template_cannot_express", f"{where}: the template ignores tool_calls and its call syntax "
                           "is unknown; choose a prompt format (--prompt-format tool-prompt, react or chatglm3)")
-    pairs = _interleave_results(messages) if prof.one_call_per_turn else list(enumerate(messages))
+    pairs = interleave_results(messages) if prof.one_call_per_turn else list(enumerate(messages))
     ids = {}
     if prof.ids_rendered and "[TOOL_CALLS]" in template:
         ids = {c["id"]: mistral_call_id(c["id"]) for m in messages for c in m.get("tool_calls") or []}
@@ -185,7 +185,7 @@ def template_messages(record: Trajectory, template: str, prof: TemplateProfile, 
                 if content and not prof.content_with_calls:
                     raise RenderError("template_cannot_express", f"{where}: message {src} has content next to a "
                                       "tool call, and the template drops one of them")
-                msg = _with_call([{**c, "id": ids.get(c["id"], c["id"])} for c in calls],
+                msg = with_call([{**c, "id": ids.get(c["id"], c["id"])} for c in calls],
                                  content if content else (None if prof.content_none else ""), prof.args_as_string)
             elif prof.text_syntax == "glm4":  # GLM-4: the function name goes in `metadata`, the JSON in content
                 name, _, body = format_calls(calls, "glm4", where).partition("\n")
@@ -297,7 +297,7 @@ def render_with_mask(record: Trajectory, tokenizer, prompt_format: str | None = 
     (with `.reason`) when the template cannot express the record or the mask cannot be proven exact.
     With `exhaustive=True` every trained message is located by prefix rendering (2 extra renders each);
     otherwise templates that pass `fast_path_ok` use one render and their own generation header (see
-    `_spans_by_header`), falling back to prefix rendering on any doubt.
+    `spans_by_header`), falling back to prefix rendering on any doubt.
     Example: `render_with_mask(rec, byte_level_tokenizer(qwen_template)).trained_spans` -> [(412, 440)].
     """
     full, spans, where = _render_spans(record, tokenizer, prompt_format, exhaustive)
@@ -352,8 +352,8 @@ def _render_spans(record: Trajectory, tokenizer, prompt_format: str | None = Non
                               "only assistant messages can be trained")
     found = None
     if not exhaustive and ctx.fast:
-        found = _spans_by_header(ctx, msgs, tools, where)
-    full, spans = found if found is not None else _spans_by_prefix(ctx, msgs, tools, where)
+        found = spans_by_header(ctx, msgs, tools, where)
+    full, spans = found if found is not None else spans_by_prefix(ctx, msgs, tools, where)
     return full, spans, where
 
 
@@ -374,7 +374,7 @@ _LAST_CTX: list = [None, None, None]  # (tokenizer, template, ctx): the build re
 def _context(template: str, tokenizer) -> _Ctx:
     if _LAST_CTX[0] is tokenizer and _LAST_CTX[1] is template:
         return _LAST_CTX[2]
-    special = _special_kwargs(tokenizer)
+    special = special_kwargs(tokenizer)
     ctx = _context_cached(template, tuple(sorted(special.items())), tokenizer.eos_token or "")
     _LAST_CTX[:] = [tokenizer, template, ctx]
     return ctx
@@ -384,13 +384,13 @@ def _context(template: str, tokenizer) -> _Ctx:
 def _context_cached(template: str, special_items: tuple, eos: str) -> _Ctx:
     special = dict(special_items)
     # Only this template's own end-of-turn tokens: another model's (`</s>` for Qwen) is ordinary text here.
-    role_tokens = {"<|user|>", "<|observation|>"} if _ROLE_CONCAT_RE.search(template) else set()
+    role_tokens = {"<|user|>", "<|observation|>"} if ROLE_CONCAT_RE.search(template) else set()
     stops = {t for t in STOP_TOKENS if t in template or t in role_tokens} | ({eos} if eos else set())
     stop_re = re.compile("|".join(re.escape(t) for t in sorted(stops, key=len, reverse=True)))
-    final = "<|user|>" if _ROLE_CONCAT_RE.search(template) else eos
+    final = "<|user|>" if ROLE_CONCAT_RE.search(template) else eos
     probe = [{"role": "user", "content": "probe_user"}]
     no_tools = [] if profile_template(template, special_items).needs_tool_list else None
-    plain = _try(template, special, probe, no_tools)
+    plain = try_render(template, special, probe, no_tools)
     try:
         with_gen = render_text(template, probe, no_tools, True, special)
     except Exception:  # a template that cannot even render a user turn: no fast path, prefix proof reports it
@@ -436,7 +436,7 @@ def _check_pieces(ctx: _Ctx, full: str, span: tuple[int, int], m: _Msg, where: s
                           "(the template drops it)")
 
 
-def _spans_by_header(ctx: _Ctx, msgs: list[_Msg], tools, where: str) -> tuple[str, list[tuple[int, int]]] | None:
+def spans_by_header(ctx: _Ctx, msgs: list[_Msg], tools, where: str) -> tuple[str, list[tuple[int, int]]] | None:
     """One render: the k-th assistant turn starts after the k-th occurrence of the template's generation
     header. Used only when the header occurs exactly once per assistant turn, every span closes before the
     next header, and each span holds its message's content; otherwise None (the caller proves by prefixes)."""
@@ -478,7 +478,7 @@ def _group_end(msgs: list[_Msg], j: int, where: str) -> int:
     return g
 
 
-def _spans_by_prefix(ctx: _Ctx, msgs: list[_Msg], tools, where: str) -> tuple[str, list[tuple[int, int]]]:
+def spans_by_prefix(ctx: _Ctx, msgs: list[_Msg], tools, where: str) -> tuple[str, list[tuple[int, int]]]:
     """The proof: for each trained message j, `messages[:j]` + generation prompt must be a prefix of the full
     render (or its header found right after where they part, see `_find_header`); the span runs to the first
     stop token; and `messages[:j+1]` rendered alone must give the same text (or end with it)."""

@@ -86,7 +86,7 @@ def check_template(tokenizer, prompt_format: str | None = None) -> list[tuple[st
 
 def fast_path_ok(ctx) -> bool:
     """True if the one-render header path agrees with the prefix proof on every battery case (or defers)."""
-    from .render import RenderError, _spans_by_header, _spans_by_prefix, template_messages
+    from .render import RenderError, spans_by_header, spans_by_prefix, template_messages
     from .trajectory import validate_record
 
     for record in list(BATTERY.values()) + list(_EXTRA.values()):
@@ -94,13 +94,13 @@ def fast_path_ok(ctx) -> bool:
             msgs, tools = template_messages(validate_record(copy.deepcopy(record)), ctx.template, ctx.profile, "probe")
             if not any(m.trained for m in msgs):
                 continue
-            fast = _spans_by_header(ctx, msgs, tools, "probe")
+            fast = spans_by_header(ctx, msgs, tools, "probe")
         except RenderError:
             continue
         if fast is None:
             continue
         try:
-            slow = _spans_by_prefix(ctx, msgs, tools, "probe")
+            slow = spans_by_prefix(ctx, msgs, tools, "probe")
         except RenderError:
             return False  # the header path would accept what the proof rejects
         if slow != fast:

@@ -21,7 +21,7 @@ _TEXT_SYNTAX_MARKERS = (("metadata", "glm4"), ("<|/tool|>", "phi4"), ("<|tool_ca
 
 
 @lru_cache(maxsize=64)
-def _compiled(template: str):
+def compiled_template(template: str):
     """The template compiled exactly as `apply_chat_template` compiles it (same filters and globals)."""
     from transformers.utils.chat_template_utils import _compile_jinja_template
 
@@ -33,7 +33,7 @@ def render_text(template: str, messages: list[dict], tools: list | None, add_gen
     """`apply_chat_template(..., tokenize=False)` without its per-call copying (the build renders millions).
 
     `special` holds bos_token/eos_token... as apply_chat_template passes them; tests pin the equality."""
-    return _compiled(template).render(messages=messages, tools=tools, documents=None,
+    return compiled_template(template).render(messages=messages, tools=tools, documents=None,
                                       add_generation_prompt=add_generation_prompt, **special)
 
 
@@ -66,14 +66,14 @@ class TemplateProfile:
     needs_tool_list: bool  # the template loops over `tools` unguarded (Hermes-2-Pro): pass [] rather than None
 
 
-def _try(template: str, special: dict, messages: list[dict], tools=None) -> str | None:
+def try_render(template: str, special: dict, messages: list[dict], tools=None) -> str | None:
     try:
         return render_text(template, messages, tools, False, special)
     except Exception:  # a probe that the template rejects is an answer, not a failure
         return None
 
 
-def _with_call(msg_calls: list[dict], content, args_as_string: bool) -> dict:
+def with_call(msg_calls: list[dict], content, args_as_string: bool) -> dict:
     calls = [{**c, "function": {**c["function"], "arguments": json.dumps(c["function"]["arguments"])
                                 if args_as_string else c["function"]["arguments"]}} for c in msg_calls]
     return {"role": "assistant", "content": content, "tool_calls": calls}
@@ -84,16 +84,16 @@ def profile_template(template: str, special_items: tuple = ()) -> TemplateProfil
     """Measure how `template` shows tools, calls and results by rendering small probe conversations."""
     special = dict(special_items)
     sys_user = [{"role": "system", "content": "probe_sys"}, {"role": "user", "content": "probe_user"}]
-    needs_list = _try(template, special, sys_user) is None and _try(template, special, sys_user, []) is not None
+    needs_list = try_render(template, special, sys_user) is None and try_render(template, special, sys_user, []) is not None
     no_tools = [] if needs_list else None
 
     tools_where = "none"
-    out = _try(template, special, sys_user, _PROBE_TOOLS)
+    out = try_render(template, special, sys_user, _PROBE_TOOLS)
     if out and "probe_fn" in out:
         tools_where = "kwarg"
     else:
         for where, value in (("system_list", _PROBE_TOOLS), ("system_string", json.dumps(_PROBE_TOOLS))):
-            out = _try(template, special, [{**sys_user[0], "tools": value}, sys_user[1]])
+            out = try_render(template, special, [{**sys_user[0], "tools": value}, sys_user[1]])
             if out and "probe_fn" in out:
                 tools_where = where
                 break
@@ -107,7 +107,7 @@ def profile_template(template: str, special_items: tuple = ()) -> TemplateProfil
 
     native = None
     for content_none, as_string in ((False, False), (True, False), (False, True), (True, True)):
-        out = _try(template, special, base + [_with_call([_probe_call()], None if content_none else "", as_string)],
+        out = try_render(template, special, base + [with_call([_probe_call()], None if content_none else "", as_string)],
                    tools)
         if shows_json_args(out) and "probe_fn" in out.split("probe_user", 1)[-1]:
             native = (content_none, as_string)
@@ -121,10 +121,10 @@ def profile_template(template: str, special_items: tuple = ()) -> TemplateProfil
 
     one_call, with_content, ids_rendered = True, True, False
     if native is not None:
-        two = _try(template, special, base + [_with_call([_probe_call(1), _probe_call(2, "probe_gn")], None
+        two = try_render(template, special, base + [with_call([_probe_call(1), _probe_call(2, "probe_gn")], None
                                                           if content_none else "", as_string)], tools)
         one_call = not (shows_json_args(two, 1) and shows_json_args(two, 2) and "probe_gn" in two)
-        said = _try(template, special, base + [_with_call([_probe_call()], "probe_said", as_string)], tools)
+        said = try_render(template, special, base + [with_call([_probe_call()], "probe_said", as_string)], tools)
         with_content = said is not None and "probe_said" in said and shows_json_args(said)
         ids_rendered = "probecall1" in (out or "")
     else:
@@ -133,14 +133,14 @@ def profile_template(template: str, special_items: tuple = ()) -> TemplateProfil
         one_call = text_syntax in ONE_CALL_PER_TURN
 
     tool_role = "observation" if text_syntax == "glm4" else "tool"
-    call_msg = (_with_call([_probe_call()], None if content_none else "", as_string) if native is not None
+    call_msg = (with_call([_probe_call()], None if content_none else "", as_string) if native is not None
                 else {"role": "assistant", "content": "probe_call_text"})
     result = {"role": tool_role, "tool_call_id": "probecall1", "name": "probe_fn", "content": '{"probe_out": 1}'}
-    out = _try(template, special, base + [call_msg, result], tools)
+    out = try_render(template, special, base + [call_msg, result], tools)
     if out is None or "probe_out" not in out:
         tool_role = "user"
     quote_results = out is not None and '\\"probe_out\\"' in out
-    strict = _try(template, special, [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
+    strict = try_render(template, special, [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
                   no_tools) is None
     return TemplateProfile(tools_where, native is not None, content_none, as_string, one_call, with_content,
                            text_syntax, tool_role, quote_results, ids_rendered, strict, needs_list)

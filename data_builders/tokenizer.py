@@ -30,7 +30,7 @@ _EOT_CANDIDATES = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|end_of_text|>", "<ï
 # Role tokens that GLM/ChatGLM3 templates build by concatenation (`'<|' + role + '|>'`, `<|{{ role }}|>`), so
 # the regex above cannot see them; the model emits `<|user|>` / `<|observation|>` to end its turn.
 _GLM_ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|observation|>")
-_ROLE_CONCAT_RE = re.compile(r"'<\|'\s*\+|<\|\{\{")
+ROLE_CONCAT_RE = re.compile(r"'<\|'\s*\+|<\|\{\{")
 
 
 def special_tokens_of(template: str) -> list[str]:
@@ -39,7 +39,7 @@ def special_tokens_of(template: str) -> list[str]:
     seen: dict[str, None] = {}
     for m in _SPECIAL_RE.finditer(template):
         seen.setdefault(m.group(0), None)
-    if _ROLE_CONCAT_RE.search(template):
+    if ROLE_CONCAT_RE.search(template):
         for t in _GLM_ROLE_TOKENS:
             seen.setdefault(t, None)
     bos, eos = _bos_eos_of(template, list(seen))

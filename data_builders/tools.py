@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TrajtuneError
-from .trajectory import InvalidRecord, Tool, _check_arguments, _normalise_tools
+from .trajectory import InvalidRecord, Tool, check_arguments, normalise_tools
 
 
 def function_to_tool(fn: Callable[..., Any]) -> Tool:
@@ -71,7 +71,7 @@ class ToolRegistry:
         a decorator. `tool` gives the schema explicitly (e.g. from a tools file); otherwise it is built from
         the function's hints and docstring."""
         try:
-            (tool,) = _normalise_tools([tool if tool is not None else function_to_tool(fn)])
+            (tool,) = normalise_tools([tool if tool is not None else function_to_tool(fn)])
         except InvalidRecord as e:
             raise TrajtuneError(f"cannot register {getattr(fn, '__name__', fn)!r}: {e.detail}") from None
         name = tool["function"]["name"]
@@ -105,7 +105,7 @@ class ToolRegistry:
             return _error("bad_arguments", f"arguments of {name} must be an object, got {type(args).__name__}")
         params = self._tools[name]["function"]["parameters"]
         try:
-            _check_arguments(args, params, f"arguments of {name}")
+            check_arguments(args, params, f"arguments of {name}")
         except InvalidRecord as e:
             return _error("bad_arguments", e.detail)
         # JSON Schema allows extra keys unless told otherwise, but a Python function would fail on them.
@@ -152,7 +152,7 @@ def load_tools_file(path: str | Path) -> list[Tool]:
         raise TrajtuneError(f"{path}: expected a JSON list of tools (or an object with a \"tools\" list), "
                             f"got {type(data).__name__}")
     try:
-        tools = _normalise_tools(data)
+        tools = normalise_tools(data)
     except InvalidRecord as e:
         raise TrajtuneError(f"{path}: {e.detail}") from None
     seen: set[str] = set()

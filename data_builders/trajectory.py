@@ -110,7 +110,7 @@ def _schema_validator(schema_json: str):
     return cls(schema)
 
 
-def _normalise_tools(tools: Any, validators: dict[str, Any] | None = None) -> list[Tool]:
+def normalise_tools(tools: Any, validators: dict[str, Any] | None = None) -> list[Tool]:
     """Wrap bare specs, check each parameters schema; fill `validators` (name -> compiled validator) if given."""
     if tools is None:
         return []
@@ -147,7 +147,7 @@ def _normalise_arguments(args: Any, where: str) -> dict[str, Any]:
     return args
 
 
-def _check_arguments(args: dict[str, Any], params: dict[str, Any], where: str, validator=None) -> None:
+def check_arguments(args: dict[str, Any], params: dict[str, Any], where: str, validator=None) -> None:
     if validator is None:
         validator = _schema_validator(json.dumps(params, sort_keys=True))
     error = next(iter(sorted(validator.iter_errors(args), key=lambda e: list(e.absolute_path))), None)
@@ -169,7 +169,7 @@ def validate_record(obj: Any) -> Trajectory:
     if not isinstance(messages, list) or not messages:
         raise InvalidRecord("no_messages", "`messages` is missing" if messages is None else "`messages` must be a non-empty list")
     validators: dict[str, Any] = {}  # name -> compiled validator, keyed once per tool (a json.dumps each)
-    tools = _normalise_tools(obj.get("tools"), validators)
+    tools = normalise_tools(obj.get("tools"), validators)
     params_by_name = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
 
     seen_ids: set[str] = set()
@@ -205,7 +205,7 @@ def validate_record(obj: Any) -> Trajectory:
                     known = ", ".join(sorted(params_by_name)) or "none"
                     raise InvalidRecord("undefined_tool", f"{cwhere} calls {name!r}, which `tools` does not define (defined: {known})")
                 args = _normalise_arguments(fn.get("arguments", {}), f"{cwhere} ({name})")
-                _check_arguments(args, params_by_name[name], f"{cwhere} ({name})", validators[name])
+                check_arguments(args, params_by_name[name], f"{cwhere} ({name})", validators[name])
                 call_id = call.get("id")
                 if not isinstance(call_id, str) or not call_id:
                     while f"call_{next_id}" in seen_ids:

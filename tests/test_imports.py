@@ -4,6 +4,7 @@ Inside the package, files import each other with explicit relative imports (`fro
 TrajtuneError`). A `from trajtune.x import y` there resolves only through the editable install's import hook, which
 static tools (pyright / Pylance) cannot follow, so it is refused here. Every relative import must name a file that
 exists and names that the file defines: this is the check that fails on an unresolved import between our files.
+A `_private` name is private to its file: importing it from another is refused too (STYLE.md).
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ def import_problems(path: Path, root: Path = ROOT) -> list[str]:
             continue
         defined = top_level_names(mod)
         for alias in node.names:
+            if alias.name.startswith("_") and not alias.name.startswith("__"):
+                problems.append(f"{where}: {alias.name} is private to {'.'.join(target)}: make it public or move it")
             if alias.name == "*" or alias.name in defined or module_file(target + [alias.name], root):
                 continue
             problems.append(f"{where}: {'.'.join(target)} defines no {alias.name!r}")
@@ -108,10 +111,11 @@ def test_checker_catches_unresolved_and_absolute_imports(tmp_path: Path) -> None
     fake = tmp_path / "data_builders"
     fake.mkdir()
     (fake / "__init__.py").write_text("")
-    (fake / "good.py").write_text("X = 1\n")
+    (fake / "good.py").write_text("X = 1\n_hidden = 2\n")
     (fake / "bad.py").write_text(
         "from trajtune.data_builders.good import X\n"
         "from .good import Y\n"
+        "from .good import _hidden\n"
         "from .missing import Z\n"
         "from ..trainer import loop\n"
     )
@@ -119,8 +123,9 @@ def test_checker_catches_unresolved_and_absolute_imports(tmp_path: Path) -> None
     (tmp_path / "trainer" / "loop.py").write_text("")
     (tmp_path / "trainer" / "__init__.py").write_text("")
     problems = import_problems(fake / "bad.py", root=tmp_path)
-    assert len(problems) == 4
+    assert len(problems) == 5
     assert "use a relative import" in problems[0]
     assert "defines no 'Y'" in problems[1]
-    assert "no module data_builders.missing" in problems[2]
-    assert "may not import trainer/" in problems[3]
+    assert "_hidden is private to data_builders.good" in problems[2]
+    assert "no module data_builders.missing" in problems[3]
+    assert "may not import trainer/" in problems[4]

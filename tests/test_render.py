@@ -14,11 +14,11 @@ from trajtune.data_builders import render
 from trajtune.data_builders.prompt_formats import apply_prompt_format
 from trajtune.data_builders.render import (
     RenderError,
-    _special_kwargs,
     profile_template,
     render_batch,
     render_text,
     render_with_mask,
+    special_kwargs,
 )
 from trajtune.data_builders.render_check import BATTERY
 from trajtune.data_builders.tokenizer import byte_level_tokenizer, train_bpe_tokenizer
@@ -92,7 +92,7 @@ def test_render_text_equals_apply_chat_template():
         msgs = [{k: v for k, v in m.items() if k != "loss"} for m in rec["messages"]]
         for gen in (False, True):
             want = tok.apply_chat_template(msgs, tools=rec["tools"], tokenize=False, add_generation_prompt=gen)
-            assert render_text(tok.chat_template, msgs, rec["tools"], gen, _special_kwargs(tok)) == want
+            assert render_text(tok.chat_template, msgs, rec["tools"], gen, special_kwargs(tok)) == want
 
 
 def test_bpe_mask_decodes_to_exactly_the_trained_text(corpus):
@@ -343,7 +343,7 @@ def test_decline_names_template_and_message_index():
 def test_arguments_form_is_detected_by_rendering():
     def profile(stem):
         tok = _tok(stem)
-        return profile_template(tok.chat_template, tuple(sorted(_special_kwargs(tok).items())))
+        return profile_template(tok.chat_template, tuple(sorted(special_kwargs(tok).items())))
 
     assert profile("deepseek-v3").args_as_string and profile("deepseek-v3").content_none
     assert not profile("qwen2.5-instruct").args_as_string  # tojson of a string would double-encode

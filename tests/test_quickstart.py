@@ -19,20 +19,28 @@ def trajtune(*args: str, cwd: Path) -> str:
     return proc.stdout + proc.stderr
 
 
-def test_readme_main_job_runs_end_to_end(tmp_path: Path):
+def readme_main_job(tmp_path: Path, *train_overrides: str) -> dict[str, str]:
+    """The README's main job, command by command (the config shortened by `train_overrides`): their outputs."""
     inputs = sorted(str(p) for p in (FIXTURES / "datasets").iterdir() if p.is_file() and p.suffix in (".json", ".jsonl")
                     and p.name != "README.md")
-    out = trajtune("convert", *inputs, "--from", "auto", "--out", "runs/quickstart/agent.jsonl",
-                   "--quarantine", "runs/quickstart/quarantine.jsonl", cwd=tmp_path)
-    assert "read 32 = kept 29 + quarantined 3" in out
-    trajtune("build", "--data", "runs/quickstart/agent.jsonl", "--template", str(TEMPLATES / "qwen2.5-instruct.jinja"),
-             "--seq-len", "2048", "--val-fraction", "0.1", "--out", "runs/quickstart/built", cwd=tmp_path)
+    return {
+        "convert": trajtune("convert", *inputs, "--from", "auto", "--out", "runs/quickstart/agent.jsonl",
+                            "--quarantine", "runs/quickstart/quarantine.jsonl", cwd=tmp_path),
+        "build": trajtune("build", "--data", "runs/quickstart/agent.jsonl", "--template",
+                          str(TEMPLATES / "qwen2.5-instruct.jinja"), "--seq-len", "2048", "--val-fraction", "0.1",
+                          "--out", "runs/quickstart/built", cwd=tmp_path),
+        "tiny-model": trajtune("tiny-model", "--tokenizer", "runs/quickstart/built/tokenizer", "--out",
+                               "runs/quickstart/tiny-llama", cwd=tmp_path),
+        "train": trajtune("train", "--config", str(ROOT / "configs/quickstart.yaml"), *train_overrides, cwd=tmp_path),
+    }
+
+
+def test_readme_main_job_runs_end_to_end_and_again(tmp_path: Path):
+    # The README's config, shortened: the same keys, four steps.
+    out = readme_main_job(tmp_path, "max_steps=4", "save_steps=2")
+    assert "read 32 = kept 29 + quarantined 3" in out["convert"]
     manifest = json.loads((tmp_path / "runs/quickstart/built/manifest.json").read_text())
     assert manifest["seq_len"] == 2048
-    trajtune("tiny-model", "--tokenizer", "runs/quickstart/built/tokenizer", "--out", "runs/quickstart/tiny-llama",
-             cwd=tmp_path)
-    # The README's config, shortened: the same keys, four steps.
-    trajtune("train", "--config", str(ROOT / "configs/quickstart.yaml"), "max_steps=4", "save_steps=2", cwd=tmp_path)
 
     run = tmp_path / "runs/quickstart/run"
     losses = [row["loss"] for row in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in row]
@@ -44,3 +52,14 @@ def test_readme_main_job_runs_end_to_end(tmp_path: Path):
     model = AutoModelForCausalLM.from_pretrained(run / "final")
     tok = AutoTokenizer.from_pretrained(run / "final")
     assert model.config.vocab_size == len(tok) and tok.chat_template
+
+    # The same commands again (what a user does the next morning): the dataset is rebuilt with a new timestamp
+    # but the same data, and training finds the finished run instead of failing on it.
+    final = (run / "final" / "model.safetensors").read_bytes()
+    again = readme_main_job(tmp_path, "max_steps=4", "save_steps=2")
+    assert json.loads((tmp_path / "runs/quickstart/built/manifest.json").read_text())["data_sha256"] == \
+        manifest["data_sha256"]
+    assert "already trained" in again["train"], again["train"]
+    assert (run / "final" / "model.safetensors").read_bytes() == final
+    rows = (run / "metrics.jsonl").read_text().splitlines()
+    assert len([r for r in map(json.loads, rows) if "loss" in r]) == 4  # no step was run twice

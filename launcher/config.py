@@ -162,7 +162,7 @@ def _has_key(cls: type, dotted: str) -> bool:
 
 
 def _unknown_key_hint(cls: type, key: str, fields: list[str], prefix: str) -> str:
-    """What to say after "unknown key 'K'": trajtune's name for another trainer's key, else the closest key."""
+    """What to say after "unknown config key 'K'": trajtune's name for another trainer's key, else the closest key."""
     # Other trainers' names are all top-level keys there; nested keys get only the close match.
     target, note = ("", "") if prefix else FOREIGN_KEYS.get(key, ("", ""))
     if target and _has_key(cls, target):
@@ -181,7 +181,7 @@ def build(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
     unknown = [str(k) for k in values if k not in fields]
     if unknown:
         k = unknown[0]
-        raise ConfigError(prefix + k, f"unknown key '{prefix}{k}'{_unknown_key_hint(cls, k, list(fields), prefix)}")
+        raise ConfigError(prefix + k, f"unknown config key '{prefix}{k}'{_unknown_key_hint(cls, k, list(fields), prefix)}")
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in values.items()}
     return cls(**kwargs)
 
@@ -208,8 +208,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     """YAML file (optional) + `key=value` overrides (later wins) -> a checked instance of `cls`.
 
     Each source is checked alone first, so a TrajtuneError names where its bad key came from:
-    `train.yaml:7: unknown key 'learning_rate'; trajtune calls it lr`, or
-    `override 'learning_rate=1e-5' on the command line: unknown key 'learning_rate'; trajtune calls it lr`.
+    `train.yaml:7: unknown config key 'learning_rate'; trajtune calls it lr`, or
+    `override 'learning_rate=1e-5' on the command line: unknown config key 'learning_rate'; trajtune calls it lr`.
     """
     values: dict[str, Any] = {}
     if path is not None:

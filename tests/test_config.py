@@ -60,7 +60,7 @@ QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 def test_unknown_override_names_the_command_line_and_trajtunes_key(capsys):
     assert main(["train", "--config", QUICKSTART, "learning_rate=1e-5"]) == 2
     err = capsys.readouterr().err
-    assert "override 'learning_rate=1e-5' on the command line: unknown key 'learning_rate'; trajtune calls it lr" in err
+    assert "override 'learning_rate=1e-5' on the command line: unknown config key 'learning_rate'; trajtune calls it lr" in err
     assert "quickstart.yaml" not in err  # the file is fine; the command line is not
 
 
@@ -68,7 +68,7 @@ def test_unknown_yaml_key_names_the_file_and_line(tmp_path, capsys):
     path = tmp_path / "run.yaml"
     path.write_text("model: m\n\nnum_train_epochs: 2\n")
     assert main(["train", "--config", str(path), "lr=1e-5"]) == 2
-    assert f"{path}:3: unknown key 'num_train_epochs'; trajtune calls it epochs" in capsys.readouterr().err
+    assert f"{path}:3: unknown config key 'num_train_epochs'; trajtune calls it epochs" in capsys.readouterr().err
     path.write_text("lora:\n  r: 4\n  alpha: high\n")
     assert main(["train", "--config", str(path)]) == 2
     assert f"{path}:3: lora.alpha: expected int, got 'high'" in capsys.readouterr().err
@@ -91,5 +91,5 @@ def test_other_trainers_keys_and_typos_get_a_suggestion(pair, says):
 def test_build_config_maps_max_seq_length_to_its_own_key(tmp_path):
     path = tmp_path / "build.yaml"
     path.write_text("max_seq_length: 2048\n")
-    with pytest.raises(TrajtuneError, match=r"build.yaml:1: unknown key 'max_seq_length'; trajtune calls it seq_len"):
+    with pytest.raises(TrajtuneError, match=r"build.yaml:1: unknown config key 'max_seq_length'; trajtune calls it seq_len"):
         load_config(BuildConfig, path)

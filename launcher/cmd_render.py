@@ -20,8 +20,8 @@ from pathlib import Path
 def add_arguments(p: argparse.ArgumentParser) -> None:
     # Input
     p.add_argument("--data", help="canonical trajectories (JSONL) to render")
-    p.add_argument("--tokenizer", help="a tokenizer directory or a hub id in the Hugging Face cache (its chat template is used "
-                   "unless --template is given)")
+    p.add_argument("--tokenizer", help="a tokenizer directory or a hub id in the Hugging Face cache (its chat "
+                   "template is used unless --template is given)")
     p.add_argument("--template", help="a chat template (.jinja); alone, a byte-level tokenizer is built for it")
     p.add_argument("--prompt-format", dest="prompt_format", default=None,
                    help="built-in tool prompt format for templates without tools: tool-prompt, react or chatglm3")

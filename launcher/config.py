@@ -170,7 +170,7 @@ def _unknown_key_hint(cls: type, key: str, fields: list[str], prefix: str) -> st
     if target in _ELSEWHERE:
         return f"; {_ELSEWHERE[target]}"
     close = difflib.get_close_matches(key, fields, n=1)
-    return f"; did you mean {prefix}{close[0]}?" if close else f"; known keys: {', '.join(fields)}"
+    return f"; did you mean {prefix}{close[0]}?" if close else f"; known keys: {', '.join(prefix + f for f in fields)}"
 
 
 def build(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
@@ -181,7 +181,8 @@ def build(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
     unknown = [str(k) for k in values if k not in fields]
     if unknown:
         k = unknown[0]
-        raise ConfigError(prefix + k, f"unknown config key '{prefix}{k}'{_unknown_key_hint(cls, k, list(fields), prefix)}")
+        hint = _unknown_key_hint(cls, k, list(fields), prefix)
+        raise ConfigError(prefix + k, f"unknown config key '{prefix}{k}'{hint}")
     kwargs = {k: _coerce(v, hints[k], prefix + k) for k, v in values.items()}
     return cls(**kwargs)
 

@@ -60,7 +60,8 @@ QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 def test_unknown_override_names_the_command_line_and_trajtunes_key(capsys):
     assert main(["train", "--config", QUICKSTART, "learning_rate=1e-5"]) == 2
     err = capsys.readouterr().err
-    assert "override 'learning_rate=1e-5' on the command line: unknown config key 'learning_rate'; trajtune calls it lr" in err
+    assert ("override 'learning_rate=1e-5' on the command line: unknown config key 'learning_rate'; "
+            "trajtune calls it lr") in err
     assert "quickstart.yaml" not in err  # the file is fine; the command line is not
 
 
@@ -91,5 +92,5 @@ def test_other_trainers_keys_and_typos_get_a_suggestion(pair, says):
 def test_build_config_maps_max_seq_length_to_its_own_key(tmp_path):
     path = tmp_path / "build.yaml"
     path.write_text("max_seq_length: 2048\n")
-    with pytest.raises(TrajtuneError, match=r"build.yaml:1: unknown config key 'max_seq_length'; trajtune calls it seq_len"):
+    with pytest.raises(TrajtuneError, match="build.yaml:1: unknown config key 'max_seq_length'; trajtune calls it seq_len"):
         load_config(BuildConfig, path)

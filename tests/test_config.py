@@ -92,5 +92,6 @@ def test_other_trainers_keys_and_typos_get_a_suggestion(pair, says):
 def test_build_config_maps_max_seq_length_to_its_own_key(tmp_path):
     path = tmp_path / "build.yaml"
     path.write_text("max_seq_length: 2048\n")
-    with pytest.raises(TrajtuneError, match="build.yaml:1: unknown config key 'max_seq_length'; trajtune calls it seq_len"):
+    with pytest.raises(TrajtuneError) as e:
         load_config(BuildConfig, path)
+    assert f"{path}:1: unknown config key 'max_seq_length'; trajtune calls it seq_len" in str(e.value)

@@ -114,9 +114,11 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 4096, template: 
 
 
 def load_tokenizer(tokenizer_dir: str | Path | None = None, template: str | Path | None = None):
-    """The tokenizer for a run: a saved/HF tokenizer dir, optionally with its chat template replaced by a
-    .jinja file; or, with only a template, the byte-level tokenizer for it."""
+    """The tokenizer for a run: a saved/HF tokenizer dir (or a hub id in the Hugging Face cache, see
+    `resolve_pretrained`), optionally with its chat template replaced by a .jinja file; or, with only a
+    template, the byte-level tokenizer for it."""
     from .errors import TrajtuneError
+    from .pretrained import resolve_pretrained
 
     template_text = None
     if template is not None:
@@ -130,8 +132,9 @@ def load_tokenizer(tokenizer_dir: str | Path | None = None, template: str | Path
         return byte_level_tokenizer(template_text)
     from transformers import AutoTokenizer
 
+    local_dir = resolve_pretrained(tokenizer_dir, "tokenizer")
     try:
-        tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        tok = AutoTokenizer.from_pretrained(local_dir)
     except OSError as e:
         raise TrajtuneError(f"cannot load a tokenizer from {tokenizer_dir}: {e}") from None
     if template_text is not None:

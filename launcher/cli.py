@@ -12,6 +12,8 @@ import importlib
 import os
 import sys
 
+from .. import __version__
+
 # name -> (module, one-line help). Later stages add their rows here.
 COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("trajtune.launcher.cmd_convert", "Convert public datasets into canonical trajectories (JSONL)."),
@@ -23,16 +25,30 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs as written; every option that has a default (not None or False) ends its help
+    with `(default: X)`, unless the help already states it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return text
+        return text if "(default" in text else f"{text} (default: %(default)s)"
+
+
 def make_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object | None]:
+    """The parser with every subcommand; only the one named in `argv` gets its arguments (and its module, returned)."""
     parser = argparse.ArgumentParser(
         prog="trajtune",
         description="Turn open LLMs into tool-calling agents: convert, render, build, train.",
+        formatter_class=HelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"trajtune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = next((a for a in argv if not a.startswith("-")), None)
     module = None
     for name, (module_name, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
         if name == chosen:
             module = importlib.import_module(module_name)
             module.add_arguments(p)

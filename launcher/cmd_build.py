@@ -23,28 +23,35 @@ pack: input_ids, labels, position_ids, seq_lens), OUT/validation/ (with --val-fr
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    from ..data_builders.build import BuildConfig
+
+    # Flags default to None so that a --config file's values stand unless a flag is given; the defaults shown
+    # are BuildConfig's (numpy and xxhash only: --help stays instant).
+    d = BuildConfig()
     p.epilog = SOURCES_HELP
     # Inputs
     p.add_argument("--data", action="append", metavar="PATH[:WEIGHT|:xE]", help="a source of canonical trajectories (JSONL)")
     p.add_argument("--config", help="YAML file with the same keys as the flags (data, seq_len, ...)")
-    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (the model's, or OUT/tokenizer of a build)")
+    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (the model's, or OUT/tokenizer of a build), "
+                   "or a hub id in the Hugging Face cache")
     p.add_argument("--template", metavar="FILE.jinja", help="chat template; alone: a byte-level tokenizer for it")
     p.add_argument("--prompt-format", help="tool prompt format, for templates that cannot show tools themselves")
     # Shape
-    p.add_argument("--seq-len", type=int, help="tokens per pack (default 4096)")
+    p.add_argument("--seq-len", type=int, help=f"tokens per pack (default: {d.seq_len})")
     p.add_argument("--overlong", choices=["drop", "truncate"],
-                   help="sample longer than seq-len: drop, or cut after its last trained message that fits (default)")
+                   help=f"sample longer than seq-len: drop, or truncate after its last trained message that fits "
+                        f"(default: {d.overlong})")
     # Filters
-    p.add_argument("--dedup", choices=["exact", "near", "none"], help="duplicate removal (default exact)")
+    p.add_argument("--dedup", choices=["exact", "near", "none"], help=f"duplicate removal (default: {d.dedup})")
     p.add_argument("--decontam", nargs="+", metavar="FILE", help="eval files (JSON/JSONL) to remove overlaps with")
-    p.add_argument("--decontam-n", type=int, help="word n-gram length for decontamination (default 13)")
+    p.add_argument("--decontam-n", type=int, help=f"word n-gram length for decontamination (default: {d.decontam_n})")
     # Output
     p.add_argument("--out", metavar="DIR", help="output directory")
-    p.add_argument("--val-fraction", type=float, help="fraction of each source's records held out (default 0)")
-    p.add_argument("--seed", type=int, help="seed of sampling, split and pack order (default 0)")
+    p.add_argument("--val-fraction", type=float,
+                   help=f"fraction of each source's records held out (default: {d.val_fraction})")
+    p.add_argument("--seed", type=int, help=f"seed of sampling, split and pack order (default: {d.seed})")
     # Runtime
-    p.add_argument("--num-proc", type=int, help="processes for rendering (default 1)")
+    p.add_argument("--num-proc", type=int, help=f"processes for rendering (default: {d.num_proc})")
     p.add_argument("--cache-dir", help="datasets cache directory (default: Hugging Face's)")
 
 

@@ -1,11 +1,12 @@
 """`trajtune render`: show how a chat template renders trajectories and exactly which text is trained.
 
 `trajtune render --data FILE.jsonl (--tokenizer DIR | --template FILE.jinja) [--prompt-format F] [--index I]
-[--json]` prints each record's rendered text with the trained text highlighted, or with `--json` one line per
-record `{"id", "text", "trained_spans", "input_ids", "loss_mask"}`. A record the template cannot express makes
-the command exit 1 with the reason. `trajtune render --check-template T.jinja` runs the built-in battery (plain
-chat, single call, parallel calls, content + call in one turn, two tool rounds, loss=false) and prints a
-verdict per case: the way to vet a new model's template before a long run.
+[--json]` prints each record's rendered text with the trained text highlighted (green on a terminal, inside
+`[[...]]` when piped or under NO_COLOR), or with `--json` one line per record `{"id", "text", "trained_spans",
+"input_ids", "loss_mask"}`. A record the template cannot express makes the command exit 1 with the reason.
+`trajtune render --check-template T.jinja` runs the built-in battery (plain chat, single call, parallel calls,
+content + call in one turn, two tool rounds, loss=false) and prints a verdict per case: the way to vet a new
+model's template before a long run.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from pathlib import Path
 def add_arguments(p: argparse.ArgumentParser) -> None:
     # Input
     p.add_argument("--data", help="canonical trajectories (JSONL) to render")
-    p.add_argument("--tokenizer", help="a tokenizer directory (its chat template is used unless --template is given)")
+    p.add_argument("--tokenizer", help="a tokenizer directory or a hub id in the Hugging Face cache (its chat "
+                   "template is used unless --template is given)")
     p.add_argument("--template", help="a chat template (.jinja); alone, a byte-level tokenizer is built for it")
     p.add_argument("--prompt-format", dest="prompt_format", default=None,
                    help="built-in tool prompt format for templates without tools: tool-prompt, react or chatglm3")
@@ -38,9 +40,16 @@ def _named(tok, path: str | None):
     return tok
 
 
-def _highlighted(text: str, spans: list[tuple[int, int]]):
+def _highlighted(text: str, spans: list[tuple[int, int]], colour: bool):
+    """The text with its trained spans on green, or, without colour (a pipe, a file, NO_COLOR), inside [[ ]]."""
     from rich.text import Text
 
+    if not colour:
+        pieces, at = [], 0
+        for s, e in spans:
+            pieces += [text[at:s], "[[", text[s:e], "]]"]
+            at = e
+        return Text("".join(pieces) + text[at:])  # a Text, so rich reads no markup or :emoji: in the record
     out = Text(text)
     for s, e in spans:
         out.stylize("bold black on green", s, e)
@@ -57,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     from ..data_builders.trajectory import InvalidRecord, iter_lines, parse_line, validate_record
 
     console = Console(highlight=False, soft_wrap=True)
+    colour = console.color_system is not None and not console.no_color  # off when piped unless FORCE_COLOR
     if args.check_template:
         tok = _named(load_tokenizer(args.tokenizer, args.check_template), args.check_template)
         rows = check_template(tok, args.prompt_format)
@@ -84,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
                               "input_ids": r.input_ids, "loss_mask": r.loss_mask}, ensure_ascii=False))
         else:
             console.rule(f"{record.get('id', idx)}  ({len(r.input_ids)} tokens, {sum(r.loss_mask)} trained)")
-            console.print(_highlighted(r.text, r.trained_spans))
+            console.print(_highlighted(r.text, r.trained_spans, colour))
     if args.index is not None and failed == 0 and idx < args.index:
         raise TrajtuneError(f"--index {args.index}: {args.data} has only {idx + 1} records")
     return 1 if failed else 0

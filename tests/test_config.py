@@ -3,9 +3,13 @@
 from dataclasses import dataclass, field
 
 import pytest
+from conftest import ROOT
 
+from trajtune.data_builders.build import BuildConfig
 from trajtune.data_builders.errors import TrajtuneError
+from trajtune.launcher.cli import main
 from trajtune.launcher.config import describe, load_config, parse_overrides
+from trajtune.trainer.config import TrainConfig
 
 
 @dataclass
@@ -46,3 +50,48 @@ def test_wrong_type_is_an_error():
 def test_every_field_has_help():
     assert all(help_text for _, _, help_text in describe(Demo))
     assert ("lora.r", "0", "rank") in describe(Demo)
+
+
+# --- Where a bad key came from, and trajtune's name for other trainers' keys (through the real CLI) ---
+
+QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
+
+
+def test_unknown_override_names_the_command_line_and_trajtunes_key(capsys):
+    assert main(["train", "--config", QUICKSTART, "learning_rate=1e-5"]) == 2
+    err = capsys.readouterr().err
+    assert ("override 'learning_rate=1e-5' on the command line: unknown config key 'learning_rate'; "
+            "trajtune calls it lr") in err
+    assert "quickstart.yaml" not in err  # the file is fine; the command line is not
+
+
+def test_unknown_yaml_key_names_the_file_and_line(tmp_path, capsys):
+    path = tmp_path / "run.yaml"
+    path.write_text("model: m\n\nnum_train_epochs: 2\n")
+    assert main(["train", "--config", str(path), "lr=1e-5"]) == 2
+    assert f"{path}:3: unknown config key 'num_train_epochs'; trajtune calls it epochs" in capsys.readouterr().err
+    path.write_text("lora:\n  r: 4\n  alpha: high\n")
+    assert main(["train", "--config", str(path)]) == 2
+    assert f"{path}:3: lora.alpha: expected int, got 'high'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("pair, says", [
+    ("per_device_train_batch_size=2", "trajtune calls it micro_batch_size"),
+    ("gradient_accumulation_steps=8", "derives accumulation = global_batch_size / (micro_batch_size × world size)"),
+    ("max_seq_length=2048", "trajtune build --seq-len"),
+    ("lora_r=16", "trajtune calls it lora.r"),
+    ("warmpu_ratio=0.1", "did you mean warmup_ratio?"),
+    ("lr=fast", "lr: expected a number, got 'fast'"),
+])
+def test_other_trainers_keys_and_typos_get_a_suggestion(pair, says):
+    with pytest.raises(TrajtuneError, match="on the command line") as e:
+        load_config(TrainConfig, None, [pair])
+    assert says in str(e.value)
+
+
+def test_build_config_maps_max_seq_length_to_its_own_key(tmp_path):
+    path = tmp_path / "build.yaml"
+    path.write_text("max_seq_length: 2048\n")
+    with pytest.raises(TrajtuneError) as e:
+        load_config(BuildConfig, path)
+    assert f"{path}:1: unknown config key 'max_seq_length'; trajtune calls it seq_len" in str(e.value)

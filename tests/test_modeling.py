@@ -149,8 +149,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny_dir):
 
 
 def test_missing_model_dir_is_a_trajtune_error(tmp_path):
-    with pytest.raises(TrajtuneError, match="config.json"):
+    with pytest.raises(TrajtuneError, match="not found: no local directory"):  # see tests/test_pretrained.py
         load_model(str(tmp_path / "nope"), dtype=torch.float32)
+    with pytest.raises(TrajtuneError, match="config.json"):
+        load_model(str(tmp_path), dtype=torch.float32)
 
 
 def test_varlen_uses_precomputed_boundaries_when_given(tiny_dir):

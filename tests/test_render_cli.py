@@ -1,6 +1,10 @@
 """`trajtune render`: JSON output, highlighted text, --index, --check-template verdicts, and exit codes."""
 
 import json
+import os
+import re
+import subprocess
+import sys
 
 from conftest import TEMPLATES
 
@@ -78,3 +82,36 @@ def test_tokenizer_dir_uses_its_own_chat_template(tmp_path, capsys):
     line = json.loads(capsys.readouterr().out)
     assert [line["text"][s:e] for s, e in line["trained_spans"]] == [
         "Hello! How can I help?<|im_end|>", "<think>\n\n</think>\n\nWhy did the chicken cross?<|im_end|>"]
+
+
+# --- Trained text is marked without a terminal: [[...]] when not colouring, green on a terminal ---
+
+
+def _split_marked(out: str) -> tuple[list[str], str]:
+    """(the texts inside [[ ]], everything outside them)."""
+    return re.findall(r"\[\[(.*?)\]\]", out, flags=re.S), re.sub(r"\[\[.*?\]\]", "", out, flags=re.S)
+
+
+def test_piped_render_marks_trained_text_in_double_brackets(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "trajtune.launcher.cli", "render", "--data", _data(tmp_path),
+                           "--template", QWEN], capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR")})
+    assert proc.returncode == 0, proc.stderr
+    assert "\x1b[" not in proc.stdout  # not a terminal: no colour codes, so the brackets are the only marking
+    inside, outside = _split_marked(proc.stdout)
+    assert inside == [
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Beijing"}}\n</tool_call><|im_end|>',
+        "It is 26 °C in Beijing.<|im_end|>",  # single_call's two trained messages, then plain_chat's two
+        "Hello! How can I help?<|im_end|>", "Why did the chicken cross?<|im_end|>"]
+    for untrained in ("<|im_start|>system\n", "<|im_start|>user\nWhat's the weather in Beijing?<|im_end|>",
+                      "<|im_start|>assistant\n", "<tool_response>"):
+        assert untrained in outside
+
+
+def test_render_on_a_colour_terminal_highlights_without_brackets(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("FORCE_COLOR", "1")  # what a terminal gets; rich treats the output as one
+    monkeypatch.setenv("TERM", "xterm-256color")
+    assert main(["render", "--data", _data(tmp_path), "--template", QWEN, "--index", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "[[" not in out and "\x1b[" in out and "Why did the chicken cross?<|im_end|>" in out

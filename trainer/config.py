@@ -32,7 +32,7 @@ class TrainConfig:
     """One SFT run. Paths are as given (relative to the working directory)."""
 
     # Inputs and outputs
-    model: str = field(default="", metadata={"help": "Model directory (or hub id when online) to fine-tune."})
+    model: str = field(default="", metadata={"help": "Model directory, or a hub id in the HF cache (nothing is downloaded)."})
     data: str = field(default="", metadata={"help": "A dataset directory written by `trajtune build`."})
     output_dir: str = field(default="runs/sft", metadata={"help": "Run directory: config, checkpoints, metrics, final/."})
     # Runtime

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..data_builders.errors import TrajtuneError
+from ..data_builders.pretrained import resolve_pretrained
 from .attention import VARLEN_NAME, choose_backend, register_varlen
 from .config import DEFAULT_LORA_TARGETS
 
@@ -39,7 +40,8 @@ def load_model(
 ) -> tuple[PreTrainedModel, str]:
     """Load a causal LM for training; returns (model, attention backend name).
 
-    model_path: a local directory (hub ids work only where the hub is reachable). dtype: the weights' dtype.
+    model_path: a local directory, or a hub id in the Hugging Face cache (`resolve_pretrained`; nothing is
+    downloaded). dtype: the weights' dtype.
     attn: see `attention.choose_backend`; "auto" picks flash-attn 2 > torch varlen > SDPA by what is installed.
     lora: any object with r, alpha, dropout, targets (r == 0 or None means full fine-tuning); targets default to
     the attention projections. ds_config: the DeepSpeed config the engine will use; with ZeRO stage 3 the
@@ -50,6 +52,7 @@ def load_model(
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    model_path = resolve_pretrained(model_path, "model")
     try:
         config = AutoConfig.from_pretrained(model_path)
     except (OSError, ValueError) as e:

@@ -5,8 +5,9 @@ A record is `{id, question: [[messages of turn 1], [turn 2], ...], function: [sp
 Types are BFCL's (`dict`, `float`, `tuple`, `any`) and become JSON Schema. When `possible_answer/<same file name>`
 exists, its ground truth becomes the assistant's calls: single-turn entries map each argument to a list of
 accepted values (see `pick`: `""` among them means "may be omitted", as in BFCL's checker, and an omissible
-argument is left out rather than written as `null`), multi-turn entries are Python call strings per turn (`cd(folder='document')`, positional arguments mapped in parameter order). BFCL
-has no tool results, so the calls stay unanswered. Irrelevance records have no answer: the user turn alone.
+argument is left out rather than written as `null`), multi-turn entries are Python call strings per turn
+(`cd(folder='document')`, positional arguments mapped in parameter order). BFCL has no tool results, so the
+calls stay unanswered. Irrelevance records have no answer: the user turn alone.
 """
 
 from __future__ import annotations

@@ -8,14 +8,17 @@ column of 64-bit keys, which costs 8 bytes a record:
 - near duplicates: `minhash_bands` is a MinHash signature (128 permutations of 5-word shingles of the user and
   assistant text) cut into 16 bands of 8 rows; two records sharing any band hash are near duplicates (LSH: the
   chance of a shared band is ~50% at Jaccard 0.7, ~99% at 0.9, ~3% at 0.5). No pairwise check follows;
-- decontamination: `DecontamIndex` holds the word n-grams (default 13) of the user/assistant text of eval
-  files and names the eval ids a training record overlaps.
+- decontamination: `DecontamIndex` holds the eval files' whole texts (normalised: NFKC, case, punctuation), their
+  word 13-grams and, for Chinese / Japanese / Korean, their character 20-grams, and names the eval ids a training
+  record overlaps: an eval prompt copied into a message is caught at any length.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,8 @@ DROP_REASONS = {
     "no_trained_token": "no message is trained (no assistant message, or all have loss: false), or the mask is empty",
     "duplicate": "same normalised messages + tools as an earlier record",
     "near_duplicate": "shares a MinHash LSH band with an earlier record (Jaccard similarity ~0.7 or more)",
-    "contaminated": "shares a word n-gram with an evaluation file (see the manifest for the eval ids)",
+    "contaminated": "a message copies an eval text, or shares a long run of words / CJK characters with one (see the "
+                    "manifest for the eval ids)",
     "overlong": "longer than seq_len and cannot be truncated at a message boundary keeping a trained message",
 }
 
@@ -88,7 +92,6 @@ def ngram_hashes(tokens: list[str], n: int) -> set[int]:
 # MinHash near-duplicate keys
 
 NUM_PERM, BANDS, SHINGLE = 128, 16, 5
-MIN_SHORT_WORDS = 8  # eval items shorter than n words are matched whole, from this many words up
 _rng = np.random.default_rng(20240607)  # fixed: signatures must be comparable across runs and processes
 _PERM_A = _rng.integers(1, 2**63, NUM_PERM, dtype=np.uint64) | np.uint64(1)  # odd multipliers
 _PERM_B = _rng.integers(0, 2**63, NUM_PERM, dtype=np.uint64)
@@ -157,6 +160,72 @@ def duplicates(keys: np.ndarray, among: np.ndarray | None = None) -> tuple[np.nd
 # ---------------------------------------------------------------------------------------------------------
 # Decontamination
 
+# Scripts written without spaces between words: each character is one token (a Chinese sentence would otherwise be
+# one "word", so no word n-gram could ever match a part of it). Kana, Hangul and the CJK ideographs, incl. ext. B+.
+_SEPARATORLESS_RE = re.compile(
+    "[\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff"
+    "\ua960-\ua97f\uac00-\ud7ff\uf900-\ufaff\U00020000-\U0003134f]"
+)
+_NON_WORD_RE = re.compile(r"[\W_]+")
+MIN_SHORT_WORDS = 8  # eval texts shorter than n words are found inside longer text from this many words up
+CHAR_N = 20  # characters in a row that make a match in separatorless text (~13 words of Chinese)
+MIN_SHORT_CHARS = 12  # like MIN_SHORT_WORDS: shorter eval texts match only as a whole message
+
+
+def normalise(text: str) -> str:
+    """The text decontamination compares: NFKC, case-folded, every run of spaces, punctuation and symbols one space.
+
+    >>> normalise("  Order me ＰＩＺＺＡ!!  ")
+    'order me pizza'
+    """
+    return _NON_WORD_RE.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+
+
+def decontam_tokens(text: str) -> tuple[list[str], list[str]]:
+    """(words, characters) of normalised text: the words of spaced scripts, the characters of separatorless ones.
+
+    >>> decontam_tokens("用GPS查上海")
+    (['gps'], ['用', '查', '上', '海'])
+    """
+    norm = normalise(text)
+    if not _SEPARATORLESS_RE.search(norm):  # most text: skip the two passes below
+        return norm.split(), []
+    return _SEPARATORLESS_RE.sub(" ", norm).split(), _SEPARATORLESS_RE.findall(norm)
+
+
+def _text_hash(text: str) -> int:
+    return xxhash.xxh3_64_intdigest(text.encode("utf-8"))
+
+
+class _RunIndex:
+    """Runs of `n` tokens of eval texts, plus whole eval texts of `min_whole`..n-1 tokens (each a run of its own
+    length, else a short eval text could never match a longer training text). A training text matches an eval id
+    when it contains one of its runs."""
+
+    def __init__(self, n: int, min_whole: int, unit: str):
+        self.n, self.min_whole, self.unit = n, min(min_whole, n), unit
+        self.runs: dict[int, str] = {}  # n-gram hash -> the first eval id that has it
+        self.whole: dict[int, dict[int, str]] = {}  # k -> whole-text hash -> eval id
+
+    def add(self, tokens: list[str], item_id: str) -> None:
+        if len(tokens) >= self.n:
+            for h in ngram_hashes(tokens, self.n):
+                self.runs.setdefault(h, item_id)
+        elif len(tokens) >= self.min_whole:
+            self.whole.setdefault(len(tokens), {}).setdefault(*ngram_hashes(tokens, self.n), item_id)
+
+    def find(self, tokens: list[str], found: dict[str, str]) -> None:
+        """Add `{eval id: how}` to `found` for each eval id whose run `tokens` contains (first reason kept)."""
+        if len(tokens) >= self.n:
+            for h in ngram_hashes(tokens, self.n):
+                if h in self.runs:
+                    found.setdefault(self.runs[h], f"shares {self.n} {self.unit} in a row")
+        for k, whole in self.whole.items():
+            if len(tokens) >= k:
+                for h in ngram_hashes(tokens, k):
+                    if h in whole:
+                        found.setdefault(whole[h], f"contains the whole eval text ({k} {self.unit})")
+
 
 def _strings(obj: Any) -> list[str]:
     """Every string inside a JSON value (for eval files that are not canonical trajectories)."""
@@ -169,12 +238,33 @@ def _strings(obj: Any) -> list[str]:
     return []
 
 
-class DecontamIndex:
-    """The word n-grams of evaluation data, to find training records that overlap it.
+def _message_contents(obj: Any) -> list[str]:
+    """The `content` strings of every `{"role", "content"}` object inside a JSON value (BFCL's question turns)."""
+    if isinstance(obj, dict):
+        if isinstance(obj.get("role"), str) and isinstance(obj.get("content"), str):
+            return [obj["content"]]
+        return [s for v in obj.values() for s in _message_contents(v)]
+    if isinstance(obj, list):
+        return [s for v in obj for s in _message_contents(v)]
+    return []
 
-    Eval files are JSONL (or one JSON list) of records: from a canonical trajectory the user/assistant text is
-    used; from any other JSON object (e.g. BFCL questions), every string in it. An eval item's id is its `id`
-    field, else `FILE:LINE`. Memory: ~100 bytes per distinct eval n-gram.
+
+class DecontamIndex:
+    """Evaluation data, to find training records that overlap it. A training record is contaminated by an eval
+    item when (checked in this order, all on `normalise`d text):
+    - exact: one of its user/assistant messages equals one of the item's whole texts, at any length ("Order me
+      pizza" is caught; a message that merely contains a short common phrase is not);
+    - words: its user/assistant text shares n words in a row (default 13) with the item, or contains a whole item
+      text of MIN_SHORT_WORDS..n-1 words;
+    - characters, for scripts without spaces (Chinese, Japanese, Korean): it shares CHAR_N characters in a row, or
+      contains a whole item text of MIN_SHORT_CHARS..CHAR_N-1 such characters.
+
+    Eval files are JSONL (or one JSON list) of records. From a canonical trajectory: its user/assistant text; the
+    whole texts are its user/assistant messages. From any other JSON object (e.g. BFCL questions): every string
+    in it is a text; the whole texts are its message contents (`{"role", "content"}` objects), or, where it has
+    none, its top-level string fields, so a function's description or an enum value never counts whole. An eval
+    item's id is its `id` field, else `FILE:LINE`. Memory: ~100 bytes per distinct eval n-gram. Checking a record
+    is linear in its length (one hash lookup per n-gram).
     """
 
     def __init__(self, files: list[str | Path], n: int = 13):
@@ -182,22 +272,22 @@ class DecontamIndex:
             raise TrajtuneError(f"--decontam-n must be >= 1, got {n}")
         self.n = n
         self.files = [str(f) for f in files]
-        self.owner: dict[int, str] = {}  # n-gram hash -> the first eval id that has it
-        # Eval items shorter than n words (a BFCL question, say) would never match a longer record's n-grams:
-        # they are matched whole, as k-grams of their own length k. Below MIN_SHORT_WORDS they are too generic.
-        self.short: dict[int, dict[int, str]] = {}  # k -> whole-item hash -> eval id
+        self.exact: dict[int, str] = {}  # hash of a normalised whole text -> the first eval id that has it
+        self.words = _RunIndex(n, MIN_SHORT_WORDS, "words")
+        self.chars = _RunIndex(CHAR_N, MIN_SHORT_CHARS, "characters")
         for path in files:
-            for item_id, text in self._items(Path(path)):
-                tokens = words(text)
-                if len(tokens) < n:
-                    if len(tokens) >= min(MIN_SHORT_WORDS, n):
-                        self.short.setdefault(len(tokens), {}).setdefault(*ngram_hashes(tokens, n), item_id)
-                    continue
-                for h in ngram_hashes(tokens, n):
-                    self.owner.setdefault(h, item_id)
+            for item_id, texts, whole in self._items(Path(path)):
+                for text in whole:
+                    if norm := normalise(text):
+                        self.exact.setdefault(_text_hash(norm), item_id)
+                for text in texts:
+                    word_tokens, chars = decontam_tokens(text)
+                    self.words.add(word_tokens, item_id)
+                    self.chars.add(chars, item_id)
 
     @staticmethod
-    def _items(path: Path):
+    def _items(path: Path) -> Iterator[tuple[str, list[str], list[str]]]:
+        """(eval id, texts for runs, whole texts for exact match) per record of an eval file."""
         if not path.is_file():
             raise TrajtuneError(f"decontamination file {path} does not exist")
         raw = path.read_text(encoding="utf-8")
@@ -215,20 +305,33 @@ class DecontamIndex:
         for lineno, obj in entries:
             item_id = str(obj["id"]) if isinstance(obj, dict) and "id" in obj else f"{path.name}:{lineno}"
             if isinstance(obj, dict) and isinstance(obj.get("messages"), list):
+                messages = [m for m in obj["messages"] if isinstance(m, dict) and m.get("role") in ("user", "assistant")
+                            and isinstance(m.get("content"), str)]
                 try:  # the same text training records are compared on: contents, call names and arguments
                     text = dialogue_text(validate_record(obj))
                 except InvalidRecord:
-                    text = "\n".join(m.get("content") or "" for m in obj["messages"] if isinstance(m, dict)
-                                     and m.get("role") in ("user", "assistant") and isinstance(m.get("content"), str))
-                yield item_id, text
+                    text = "\n".join(m["content"] for m in messages)
+                yield item_id, [text], [m["content"] for m in messages]
             else:  # each string its own text: a short question is not glued to the function docs after it
-                for text in _strings(obj):
-                    yield item_id, text
+                contents = _message_contents(obj)
+                if not contents:
+                    contents = [v for k, v in obj.items() if k != "id" and isinstance(v, str)] \
+                        if isinstance(obj, dict) else _strings(obj)
+                yield item_id, _strings(obj), contents
+
+    def matches(self, record: Trajectory) -> dict[str, str]:
+        """{eval id: how it matched} for every eval item this record overlaps (empty = clean)."""
+        found: dict[str, str] = {}
+        for m in record["messages"]:
+            if m["role"] in ("user", "assistant") and m.get("content"):
+                item_id = self.exact.get(_text_hash(normalise(m["content"])))
+                if item_id is not None:
+                    found.setdefault(item_id, f"a {m['role']} message is a copy of an eval text")
+        word_tokens, chars = decontam_tokens(dialogue_text(record))
+        self.words.find(word_tokens, found)
+        self.chars.find(chars, found)
+        return found
 
     def overlaps(self, record: Trajectory) -> list[str]:
-        """The eval ids whose n-grams this record's user/assistant text contains (sorted; empty = clean)."""
-        tokens = words(dialogue_text(record))
-        found = {self.owner[h] for h in ngram_hashes(tokens, self.n) if h in self.owner}
-        for k, whole in self.short.items():
-            found |= {whole[h] for h in ngram_hashes(tokens, k) if h in whole}
-        return sorted(found)
+        """The eval ids this record overlaps (sorted; empty = clean); see `matches` for how each matched."""
+        return sorted(self.matches(record))

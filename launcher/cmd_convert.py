@@ -4,8 +4,10 @@
 
 Every input record is kept (validated, written to --out) or quarantined (`{"file", "line", "reason",
 "detail", "raw"}` in --quarantine) and counted; the summary at the end reconciles read = kept + quarantined.
-With `--from auto` each file's format is detected, and said, before anything is written. Exit status: 0, or 1
-with --strict when anything was quarantined, or 2 for a usage problem (missing file, undetectable format).
+With `--from auto` each file's format is detected, and said, before anything is written. An INPUT directory
+stands for the *.json / *.jsonl files directly inside it (sorted by name). Exit status: 0, or 1 with --strict
+when anything was quarantined, or 2 for a usage problem (missing file, undetectable format) and when no record
+at all was kept (the summary and the fix are printed).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..data_builders.converters import FORMATS
 
     parser.add_argument(
-        "inputs", nargs="+", metavar="INPUT", help="dataset files (.jsonl streams; .json is loaded whole)"
+        "inputs", nargs="+", metavar="INPUT",
+        help="dataset files (.jsonl streams; .json is loaded whole), or directories of them (*.json, *.jsonl inside)",
     )
     parser.add_argument(
         "--from",
@@ -69,13 +72,11 @@ def run(args: argparse.Namespace) -> int:
     from ..data_builders.errors import TrajtuneError
     from ..data_builders.trajectory import Ledger, dumps
 
-    for p in args.inputs:
-        if not Path(p).is_file():
-            raise TrajtuneError(f"input {p}: no such file")
+    inputs = input_files(args.inputs)
     tools = load_tools(args.tools) if args.tools else None
     # Decide every file's format before writing anything, so a bad file costs nothing.
     plan = []
-    for p in args.inputs:
+    for p in inputs:
         if args.fmt == "auto":
             fmt, why = converters.detect(p)
             print(f"{p}: {fmt} ({why})", file=sys.stderr)
@@ -110,4 +111,40 @@ def run(args: argparse.Namespace) -> int:
     reasons = ", ".join(f"{r} {n}" for r, n in sorted(summary["by_reason"].items())) or "none"
     print(f"read {summary['read']} = kept {summary['kept']} + quarantined {summary['quarantined']} ({reasons})")
     print(f"wrote {out_path}" + (f"; quarantine {args.quarantine}" if args.quarantine else ""))
+    if not summary["kept"]:
+        raise TrajtuneError(nothing_kept(summary, plan, args.quarantine))
     return 1 if args.strict and summary["quarantined"] else 0
+
+
+def input_files(inputs: list[str]) -> list[str]:
+    """The files to convert: each INPUT file as given, a directory's *.json / *.jsonl files (sorted, not
+    recursive). TrajtuneError for a path that does not exist or a directory without such files."""
+    from ..data_builders.errors import TrajtuneError
+
+    files: list[str] = []
+    for p in inputs:
+        path = Path(p)
+        if path.is_dir():
+            found = sorted(str(f) for f in path.iterdir() if f.suffix in (".json", ".jsonl") and f.is_file())
+            if not found:
+                raise TrajtuneError(f"input {p}: is a directory with no *.json or *.jsonl files directly in it "
+                                    "(subdirectories are not searched); pass the data files or their directory")
+            print(f"{p}: directory: {len(found)} files (*.json, *.jsonl)", file=sys.stderr)
+            files.extend(found)
+        elif path.is_file():
+            files.append(p)
+        else:
+            raise TrajtuneError(f"input {p}: no such file or directory")
+    return files
+
+
+def nothing_kept(summary: dict, plan: list[tuple[str, str]], quarantine: str | None) -> str:
+    """The error for a run that kept no record: the reason counts and what to try."""
+    if not summary["read"]:
+        return "no record was read: the input files hold no records (empty files?)"
+    reasons = ", ".join(f"{r} {n}" for r, n in sorted(summary["by_reason"].items(), key=lambda x: -x[1]))
+    formats = ", ".join(sorted({fmt for _, fmt in plan}))
+    see = f"see {quarantine} for each record's line and reason" if quarantine else \
+        "rerun with --quarantine FILE to see each record's line and reason"
+    return (f"no record was kept: all {summary['read']} quarantined ({reasons}). Wrong format? The input "
+            f"was read as {formats}; pass --from FORMAT (trajtune convert --help lists them) if that is not it; {see}")

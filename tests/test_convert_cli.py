@@ -159,3 +159,33 @@ def test_console_script_never_prints_a_traceback_for_bad_data(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert "read 4 = kept 1 + quarantined 3 (bad_utf8 1, no_messages 1, not_object 1)" in proc.stdout
+
+
+def test_convert_that_keeps_nothing_exits_2_with_the_reasons_and_the_fix(tmp_path, capsys):
+    questions = FIXTURES / "bfcl" / "BFCL_v3_simple.json"  # read with the wrong format: every record quarantined
+    bad = tmp_path / "bad.jsonl"
+    code = main(["convert", str(questions), "--from", "sharegpt", "--out", str(tmp_path / "o.jsonl"), "--quarantine", str(bad)])
+    out = capsys.readouterr()
+    assert code == 2
+    assert "read 40 = kept 0 + quarantined 40 (no_messages 40)" in out.out  # the summary still comes first
+    assert "no record was kept: all 40 quarantined (no_messages 40)" in out.err
+    assert "read as sharegpt; pass --from FORMAT" in out.err and f"see {bad}" in out.err
+    assert len(bad.read_text().splitlines()) == 40
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    assert main(["convert", str(empty), "--from", "openai", "--out", str(tmp_path / "o.jsonl")]) == 2
+    assert "no record was read" in capsys.readouterr().err
+
+
+def test_convert_a_directory_reads_the_json_files_directly_inside_it(tmp_path, capsys):
+    datasets = FIXTURES / "datasets"  # 14 data files beside README.md and a reference/ folder
+    code, kept, rows = run_cli(tmp_path, datasets)
+    out = capsys.readouterr()
+    assert code == 0 and f"{datasets}: directory: 14 files (*.json, *.jsonl)" in out.err
+    assert "read 32 = kept 29 + quarantined 3" in out.out
+    files = sorted(str(p) for p in datasets.iterdir() if p.suffix in (".json", ".jsonl"))
+    assert [r["file"] for r in rows] == sorted(r["file"] for r in rows) and {r["file"] for r in rows} <= set(files)
+    assert main(["convert", str(FIXTURES), "--out", str(tmp_path / "o.jsonl")]) == 2  # only subdirectories
+    assert "is a directory with no *.json or *.jsonl files directly in it" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "missing"), "--out", str(tmp_path / "o.jsonl")]) == 2
+    assert "missing: no such file or directory" in capsys.readouterr().err

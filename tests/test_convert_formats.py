@@ -299,3 +299,49 @@ def test_hermes_tool_turn_text_outside_response_blocks_is_quarantined_not_droppe
     path.write_text(json.dumps(record).replace("\\nExtra note.", "") + "\n")
     out, summary = convert(path, "hermes")
     assert len(out) == 1 and out[0]["messages"][3]["content"] == "1"
+
+
+def test_bfcl_optional_parameters_with_null_answers_are_omitted_not_null(tmp_path):
+    # BFCL's live categories spell "optional, null default" as ["", null]; null violates the parameter's type, so
+    # writing it quarantined the record (42 of 258 in live_simple). Here the simple fixture's own optional
+    # parameters ("" among the answers, not required by the function) are respelled that way: 18 of 40 records.
+    src = FIXTURES / "bfcl"
+    required = {json.loads(q)["id"]: {f["name"]: set(f["parameters"].get("required", ())) for f in json.loads(q)["function"]}
+                for q in (src / "BFCL_v3_simple.json").read_text().splitlines()}
+    (tmp_path / "possible_answer").mkdir()
+    (tmp_path / "BFCL_v3_simple.json").write_text((src / "BFCL_v3_simple.json").read_text())
+    optional: dict[str, set[tuple[str, str]]] = {}
+    with open(tmp_path / "possible_answer" / "BFCL_v3_simple.json", "w") as out:
+        for line in (src / "possible_answer" / "BFCL_v3_simple.json").read_text().splitlines():
+            answer = json.loads(line)
+            for entry in answer["ground_truth"]:
+                for name, args in entry.items():
+                    for key, values in args.items():
+                        if "" in values and key not in required[answer["id"]][name]:
+                            args[key] = ["", None]
+                            optional.setdefault(answer["id"], set()).add((name, key))
+            out.write(json.dumps(answer) + "\n")
+    assert len(optional) == 18
+    original = by_id(convert(src / "BFCL_v3_simple.json")[0])
+    records, summary = convert(tmp_path / "BFCL_v3_simple.json")
+    assert (summary["kept"], summary["quarantined"]) == (40, 0)
+    for rid, record in by_id(records).items():
+        calls = [c["function"] for c in record["messages"][-1]["tool_calls"]]
+        before = [c["function"] for c in original[rid]["messages"][-1]["tool_calls"]]
+        dropped = optional.get(rid, set())
+        assert [c["name"] for c in calls] == [c["name"] for c in before]
+        for call, old in zip(calls, before):
+            assert call["arguments"] == {k: v for k, v in old["arguments"].items() if (call["name"], k) not in dropped}
+
+
+def test_bfcl_pick_prefers_a_value_that_fits_then_omission():
+    integer, required_str = {"type": "integer"}, {"type": "string"}
+    assert bfcl.pick(["", None]) is bfcl._OMIT and bfcl.pick([None, ""], integer) is bfcl._OMIT
+    assert bfcl.pick(["", "dontcare"], integer) is bfcl._OMIT  # omission accepted, the value does not fit
+    assert bfcl.pick(["dontcare"], integer) == "dontcare"  # nothing else accepted: validation will say why
+    assert bfcl.pick(["", "units"], required_str) == "units" and bfcl.pick(["N/A", 3], integer) == 3
+    assert bfcl.pick([None], required_str) is bfcl._OMIT  # null default of a parameter that may be left out
+    assert bfcl.pick([None], required_str, required=True) is None  # BFCL demands null for a required one
+    assert bfcl.pick(["", None], integer, required=True) is None  # its checker never lets a required one go missing
+    nested = {"type": "object", "properties": {"a": integer, "b": integer}, "required": ["a"]}
+    assert bfcl.pick([{"a": [1], "b": ["", None]}], nested) == {"a": 1}

@@ -4,15 +4,17 @@ A record is `{id, question: [[messages of turn 1], [turn 2], ...], function: [sp
 `involved_classes` instead, whose specs live in `multi_turn_func_doc/<class file>.json` next to the input).
 Types are BFCL's (`dict`, `float`, `tuple`, `any`) and become JSON Schema. When `possible_answer/<same file name>`
 exists, its ground truth becomes the assistant's calls: single-turn entries map each argument to a list of
-accepted values (the first non-empty one is used; `""` alone means "may be omitted"), multi-turn entries are
-Python call strings per turn (`cd(folder='document')`, positional arguments mapped in parameter order). BFCL
-has no tool results, so the calls stay unanswered. Irrelevance records have no answer: the user turn alone.
+accepted values (see `pick`: `""` among them means "may be omitted", as in BFCL's checker, and an omissible
+argument is left out rather than written as `null`), multi-turn entries are Python call strings per turn
+(`cd(folder='document')`, positional arguments mapped in parameter order). BFCL has no tool results, so the
+calls stay unanswered. Irrelevance records have no answer: the user turn alone.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,6 @@ CLASS_FILES = {
     "TwitterAPI": "posting_api.json", "TicketAPI": "ticket_api.json", "TradingBot": "trading_bot.json",
     "TravelAPI": "travel_booking.json", "VehicleControlAPI": "vehicle_control.json",
 }  # fmt: skip
-_OMIT = object()
 _USED = frozenset({"id", "question", "function"})
 
 
@@ -57,17 +58,59 @@ def _class_tools(ctx: FileContext, cls: str) -> list[Tool]:
     return cache[cls]
 
 
-def pick(accepted: Any) -> Any:
-    """One value from BFCL's list of accepted values (nested dicts hold lists too); _OMIT if it may be left out."""
+def pick(accepted: Any, schema: dict[str, Any] | None = None, required: bool = False) -> Any:
+    """One value from BFCL's list of accepted values for a parameter, or _OMIT to leave the parameter out.
+
+    BFCL's checker accepts a missing parameter when `""` is among its values and the function does not require
+    it; `null` there is the parameter's null default, which a call expresses by leaving the parameter out. So:
+    the first value other than `""`/`null` that fits the parameter's JSON `schema` is used (nested dicts are
+    picked key by key); if none fits and the parameter is not `required`, _OMIT; else the first such value, or
+    `null` when that is all there is (validation then says what is wrong).
+    >>> pick(["", None]), pick(["", "units"]), pick(["", "dontcare"], {"type": "integer"})
+    (_OMIT, 'units', _OMIT)
+    """
     if not isinstance(accepted, list):
         return accepted
-    values = [v for v in accepted if v != ""]
-    if not values:
+    schema = schema or {}
+    values = [_pick_dict(v, schema) if isinstance(v, dict) else v for v in accepted if v != "" and v is not None]
+    for value in values:
+        if _fits(value, schema):
+            return value
+    if (not required and ("" in accepted or None in accepted)) or not (values or None in accepted):
         return _OMIT
-    value = values[0]
-    if isinstance(value, dict):
-        return {k: v for k, v in ((k, pick(v)) for k, v in value.items()) if v is not _OMIT}
-    return value
+    return values[0] if values else None
+
+
+def _pick_dict(accepted: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """A dict value whose keys each hold a list of accepted values, picked key by key against its object schema."""
+    props, required = schema.get("properties") or {}, set(schema.get("required") or ())
+    picked = ((k, pick(v, props.get(k), k in required)) for k, v in accepted.items())
+    return {k: v for k, v in picked if v is not _OMIT}
+
+
+class _Omit:
+    def __repr__(self) -> str:
+        return "_OMIT"
+
+
+_OMIT = _Omit()
+
+
+@lru_cache(maxsize=1024)
+def _validator(schema_json: str) -> Any:
+    import jsonschema
+
+    schema = json.loads(schema_json)
+    return jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)(schema)
+
+
+def _fits(value: Any, schema: dict[str, Any]) -> bool:
+    if not schema:
+        return True
+    try:
+        return _validator(json.dumps(schema, sort_keys=True)).is_valid(value)
+    except Exception:  # a broken schema: validating the record reports it as bad_tools
+        return True
 
 
 def call_from_string(text: str, tools: dict[str, Tool], where: str) -> dict[str, Any]:
@@ -116,7 +159,8 @@ def convert(record: Any, rid: str, ctx: FileContext) -> Trajectory:
                 if not isinstance(entry, dict) or len(entry) != 1:
                     raise InvalidRecord("unsupported", f"ground_truth[{j}] must be one {{function: {{arg: [values]}}}}")
                 ((name, accepted),) = entry.items()
-                args = {k: v for k, v in ((k, pick(v)) for k, v in (accepted or {}).items()) if v is not _OMIT}
+                params = (by_name[name]["function"].get("parameters") or {}) if name in by_name else {}
+                args = _pick_dict(accepted or {}, params)
                 calls.append({"type": "function", "function": {"name": name, "arguments": args}})
         if calls:
             messages.append({"role": "assistant", "content": None, "tool_calls": calls})

@@ -3,6 +3,7 @@ in-memory model's logits; trajtune.json and the chat template travel along; a gi
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -13,6 +14,7 @@ import pytest
 import torch
 from conftest import ROOT, TEMPLATES
 from peft import PeftModel
+from test_train_distributed import free_port
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from trajtune.data_builders.errors import TrajtuneError
@@ -137,6 +139,33 @@ def test_merge_without_lora_and_bad_dtype_are_errors(tmp_path, base_dir, tok):
         export_hf(model, None, tok, str(tmp_path / "b"), {}, dtype="int8")
 
 
+@pytest.fixture
+def umask_002():
+    """A umask unlike the usual 022, so a mode that ignores it cannot pass by chance; restored afterwards."""
+    old = os.umask(0o002)
+    yield 0o664
+    os.umask(old)
+
+
+def _modes(directory: Path) -> dict[str, int]:
+    return {str(p.relative_to(directory)): stat.S_IMODE(p.stat().st_mode) for p in directory.rglob("*") if p.is_file()}
+
+
+def test_exported_and_tiny_model_files_get_the_umask_mode(tmp_path, base_dir, tok, umask_002):
+    """safetensors writes a 0600 temp file and renames it; every file must get 0o666 minus the umask instead."""
+    from trajtune.launcher.cli import main
+
+    model, _ = load_model(base_dir, dtype=torch.float32, attn="sdpa", lora=LORA)
+    export_hf(model, None, tok, str(tmp_path / "merged"), {}, merge_lora=True, dtype="fp32")  # full + adapter/
+    tok.save_pretrained(tmp_path / "tok")
+    assert main(["tiny-model", "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "tiny")]) == 0
+    for out in ("merged", "tiny"):
+        modes = _modes(tmp_path / out)
+        assert {"model.safetensors", "config.json"} <= set(modes), modes
+        assert modes == dict.fromkeys(modes, umask_002), (out, {k: oct(v) for k, v in modes.items()})
+    assert "adapter/adapter_model.safetensors" in _modes(tmp_path / "merged")
+
+
 ZERO3_SCRIPT = textwrap.dedent("""
     import sys, torch, deepspeed
     from types import SimpleNamespace
@@ -165,7 +194,7 @@ ZERO3_SCRIPT = textwrap.dedent("""
 
 
 def test_zero3_load_is_partitioned_and_exports_from_gathered_state_dict(tmp_path, base_dir):
-    env = dict(os.environ, DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT="29517", RANK="0",
+    env = dict(os.environ, DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0",
                WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
     out = tmp_path / "merged"
     proc = subprocess.run([sys.executable, "-c", ZERO3_SCRIPT, base_dir, str(out)], env=env, cwd=ROOT,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,6 +47,27 @@ def export_tokenizer(data: str | Path, model: str | Path):
         return AutoTokenizer.from_pretrained(str(tok_dir if tok_dir.is_dir() else model))
     except (OSError, ValueError) as e:
         raise TrajtuneError(f"no tokenizer in {tok_dir} nor in {model} ({e}); the export would not be usable") from e
+
+
+def _process_umask() -> int:
+    """The process umask. `os` has no getter, so set a strict one and restore at once (a file another thread
+    creates in between gets a stricter mode, never a looser one)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def match_umask(directory: str | Path) -> None:
+    """Give the `*.safetensors` files under `directory` the mode a plain `open()` gives (0o666 minus the umask).
+
+    safetensors writes through a private temporary file (mode 0600) and renames it, so without this the
+    weights are the one part of a model directory that others (a shared project group, vLLM under another
+    account) cannot read, while config and tokenizer can.
+    """
+    mode = 0o666 & ~_process_umask()
+    for path in Path(directory).rglob("*.safetensors"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(mode)
 
 
 def _cast(state_dict: dict, dtype: torch.dtype) -> dict:
@@ -152,6 +174,7 @@ def export_hf(
         _save_full(merged, _cast(merged.state_dict(), torch_dtype), out, torch_dtype)
         model.save_pretrained(out / "adapter", state_dict=_cast(source, torch_dtype), safe_serialization=True)
 
+    match_umask(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     meta = {"format": fmt, "dtype": str(torch_dtype).removeprefix("torch."), **info}

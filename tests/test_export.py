@@ -15,9 +15,10 @@ import torch
 from conftest import ROOT, TEMPLATES
 from peft import PeftModel
 from test_train_distributed import free_port
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from trajtune.data_builders.errors import TrajtuneError
+from trajtune.data_builders.render import template_stop_tokens
 from trajtune.data_builders.tokenizer import byte_level_tokenizer
 from trajtune.trainer.export import export_hf
 from trajtune.trainer.modeling import load_model, make_tiny_llama
@@ -263,3 +264,46 @@ def test_cli_export_of_a_lora_checkpoint_merged(tmp_path, base_dir):
     adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), tmp_path / "adapter")
     torch.testing.assert_close(_logits(adapted, ids), _logits(model, ids), rtol=1e-4, atol=1e-4)
     assert json.loads((tmp_path / "adapter" / "trajtune.json").read_text())["base_model"] == base_dir
+
+
+@pytest.fixture(scope="module")
+def base_style(tmp_path_factory):
+    """A base model's tokenizer (eos `<|endoftext|>`; `<|im_end|>` only a vocabulary token) given Qwen2.5-Instruct's
+    ChatML template, as when a base model is fine-tuned on chat data, and a tiny model whose eos is the same."""
+    tok = byte_level_tokenizer((TEMPLATES / "qwen2.5-instruct.jinja").read_text(), ["<|endoftext|>"])
+    tok.eos_token = tok.pad_token = "<|endoftext|>"
+    return tok, make_tiny_llama(str(tmp_path_factory.mktemp("base-style")), len(tok), tok)
+
+
+@pytest.mark.parametrize("template, eos, want", [
+    ("qwen2.5-instruct.jinja", "<|endoftext|>", ["<|im_end|>", "<|endoftext|>"]),
+    ("glm-4-9b-chat.jinja", None, ["<|user|>", "<|observation|>"]),  # next role token; after a call, observation
+    ("llama-3.1-instruct.jinja", None, ["<|eot_id|>"]),  # <|eom_id|> is in its text but not after a reply
+])
+def test_template_stop_tokens_are_what_the_template_renders(template, eos, want):
+    tok = byte_level_tokenizer((TEMPLATES / template).read_text(), [eos] if eos else [])
+    if eos:
+        tok.eos_token = eos
+    assert template_stop_tokens(tok) == want
+
+
+def test_export_of_a_base_model_on_chatml_stops_at_im_end(tmp_path, base_style):
+    """generation_config.json / config.json eos: the base's <|endoftext|> and the template's <|im_end|>, so
+    transformers (and vLLM, which reads the same file) stop at the end of the assistant turn."""
+    from trajtune.launcher.cli import main
+
+    tok, base = base_style
+    eot, im_end = tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"])
+    assert json.loads(Path(base, "config.json").read_text())["eos_token_id"] == eot  # the base alone: no im_end
+    model, _ = load_model(base, dtype=torch.float32, attn="sdpa")
+    _fake_torch_run(tmp_path / "run", model, base)
+    out = tmp_path / "hf"
+    assert main(["export", "--checkpoint", str(tmp_path / "run"), "--out", str(out), "--dtype", "fp32"]) == 0
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == [eot, im_end]
+    assert json.loads((out / "config.json").read_text())["eos_token_id"] == [eot, im_end]
+    assert GenerationConfig.from_pretrained(out).eos_token_id == [eot, im_end]
+    # generate stops at <|im_end|>: biased so greedy decoding picks it first, it is the only new token.
+    prompt = torch.tensor([tok.encode("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")])
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    new = reloaded.generate(prompt, max_new_tokens=4, do_sample=False, sequence_bias={(im_end,): 100.0})
+    assert new[0, prompt.shape[1]:].tolist() == [im_end]

@@ -32,7 +32,7 @@ setup(
         "transformers>=4.56",
         "tokenizers>=0.21",  # encode_batch_fast
         "datasets>=3.0",
-        "deepspeed>=0.16",
+        "deepspeed>=0.19.3",  # LoRA + ZeRO-3 + gradient checkpointing: the recompute fix (DeepSpeed PR 8148)
         "sentencepiece",
         "jsonschema>=4.0",
         "pyyaml",

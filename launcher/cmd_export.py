@@ -58,10 +58,14 @@ def run(args: argparse.Namespace) -> int:
     # The skeleton: same architecture (and LoRA wrapping) as in training, on the meta device. Every weight comes
     # from the checkpoint (a LoRA run's holds the base weights too), so loading the base model's weights as well
     # would cost its whole size in memory for nothing; a LoRA merge builds its own CPU copy (`_merged_copy`).
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cfg.model))
+        try:  # from_config derives a generation config; the base model's own file (sampling defaults) wins
+            model.generation_config = GenerationConfig.from_pretrained(cfg.model)
+        except OSError:
+            pass
         if lora is not None:
             model = wrap_lora(model, lora)
 

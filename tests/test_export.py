@@ -2,7 +2,9 @@
 in-memory model's logits; trajtune.json and the chat template travel along; a given state dict wins."""
 
 import json
+import math
 import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -13,9 +15,11 @@ import pytest
 import torch
 from conftest import ROOT, TEMPLATES
 from peft import PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from test_train_distributed import free_port
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from trajtune.data_builders.errors import TrajtuneError
+from trajtune.data_builders.render import template_stop_tokens
 from trajtune.data_builders.tokenizer import byte_level_tokenizer
 from trajtune.trainer.export import export_hf
 from trajtune.trainer.modeling import load_model, make_tiny_llama
@@ -137,6 +141,33 @@ def test_merge_without_lora_and_bad_dtype_are_errors(tmp_path, base_dir, tok):
         export_hf(model, None, tok, str(tmp_path / "b"), {}, dtype="int8")
 
 
+@pytest.fixture
+def umask_002():
+    """A umask unlike the usual 022, so a mode that ignores it cannot pass by chance; restored afterwards."""
+    old = os.umask(0o002)
+    yield 0o664
+    os.umask(old)
+
+
+def _modes(directory: Path) -> dict[str, int]:
+    return {str(p.relative_to(directory)): stat.S_IMODE(p.stat().st_mode) for p in directory.rglob("*") if p.is_file()}
+
+
+def test_exported_and_tiny_model_files_get_the_umask_mode(tmp_path, base_dir, tok, umask_002):
+    """safetensors writes a 0600 temp file and renames it; every file must get 0o666 minus the umask instead."""
+    from trajtune.launcher.cli import main
+
+    model, _ = load_model(base_dir, dtype=torch.float32, attn="sdpa", lora=LORA)
+    export_hf(model, None, tok, str(tmp_path / "merged"), {}, merge_lora=True, dtype="fp32")  # full + adapter/
+    tok.save_pretrained(tmp_path / "tok")
+    assert main(["tiny-model", "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "tiny")]) == 0
+    for out in ("merged", "tiny"):
+        modes = _modes(tmp_path / out)
+        assert {"model.safetensors", "config.json"} <= set(modes), modes
+        assert modes == dict.fromkeys(modes, umask_002), (out, {k: oct(v) for k, v in modes.items()})
+    assert "adapter/adapter_model.safetensors" in _modes(tmp_path / "merged")
+
+
 ZERO3_SCRIPT = textwrap.dedent("""
     import sys, torch, deepspeed
     from types import SimpleNamespace
@@ -165,7 +196,7 @@ ZERO3_SCRIPT = textwrap.dedent("""
 
 
 def test_zero3_load_is_partitioned_and_exports_from_gathered_state_dict(tmp_path, base_dir):
-    env = dict(os.environ, DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT="29517", RANK="0",
+    env = dict(os.environ, DS_ACCELERATOR="cpu", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0",
                WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
     out = tmp_path / "merged"
     proc = subprocess.run([sys.executable, "-c", ZERO3_SCRIPT, base_dir, str(out)], env=env, cwd=ROOT,
@@ -234,3 +265,73 @@ def test_cli_export_of_a_lora_checkpoint_merged(tmp_path, base_dir):
     adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), tmp_path / "adapter")
     torch.testing.assert_close(_logits(adapted, ids), _logits(model, ids), rtol=1e-4, atol=1e-4)
     assert json.loads((tmp_path / "adapter" / "trajtune.json").read_text())["base_model"] == base_dir
+
+
+@pytest.fixture(scope="module")
+def base_style(tmp_path_factory):
+    """A base model's tokenizer (eos `<|endoftext|>`; `<|im_end|>` only a vocabulary token) given Qwen2.5-Instruct's
+    ChatML template, as when a base model is fine-tuned on chat data, and a tiny model whose eos is the same."""
+    tok = byte_level_tokenizer((TEMPLATES / "qwen2.5-instruct.jinja").read_text(), ["<|endoftext|>"])
+    tok.eos_token = tok.pad_token = "<|endoftext|>"
+    return tok, make_tiny_llama(str(tmp_path_factory.mktemp("base-style")), len(tok), tok)
+
+
+@pytest.mark.parametrize("template, eos, want", [
+    ("qwen2.5-instruct.jinja", "<|endoftext|>", ["<|im_end|>", "<|endoftext|>"]),
+    ("glm-4-9b-chat.jinja", None, ["<|user|>", "<|observation|>"]),  # next role token; after a call, observation
+    ("llama-3.1-instruct.jinja", None, ["<|eot_id|>"]),  # <|eom_id|> is in its text but not after a reply
+])
+def test_template_stop_tokens_are_what_the_template_renders(template, eos, want):
+    tok = byte_level_tokenizer((TEMPLATES / template).read_text(), [eos] if eos else [])
+    if eos:
+        tok.eos_token = eos
+    assert template_stop_tokens(tok) == want
+
+
+def test_export_of_a_base_model_on_chatml_stops_at_im_end(tmp_path, base_style):
+    """generation_config.json / config.json eos: the base's <|endoftext|> and the template's <|im_end|>, so
+    transformers (and vLLM, which reads the same file) stop at the end of the assistant turn."""
+    from trajtune.launcher.cli import main
+
+    tok, base = base_style
+    eot, im_end = tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"])
+    assert json.loads(Path(base, "config.json").read_text())["eos_token_id"] == eot  # the base alone: no im_end
+    model, _ = load_model(base, dtype=torch.float32, attn="sdpa")
+    _fake_torch_run(tmp_path / "run", model, base)
+    out = tmp_path / "hf"
+    assert main(["export", "--checkpoint", str(tmp_path / "run"), "--out", str(out), "--dtype", "fp32"]) == 0
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == [eot, im_end]
+    assert json.loads((out / "config.json").read_text())["eos_token_id"] == [eot, im_end]
+    assert GenerationConfig.from_pretrained(out).eos_token_id == [eot, im_end]
+    # generate stops at <|im_end|>: biased so greedy decoding picks it first, it is the only new token.
+    prompt = torch.tensor([tok.encode("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")])
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    new = reloaded.generate(prompt, max_new_tokens=4, do_sample=False, sequence_bias={(im_end,): 100.0})
+    assert new[0, prompt.shape[1]:].tolist() == [im_end]
+
+
+@pytest.mark.slow
+def test_lora_zero3_gradient_checkpointing_two_ranks_match_one_process(tmp_path):
+    """`trajtune train` under the deepspeed launcher, 2 ranks, LoRA + ZeRO-3 + gradient checkpointing, gives the loss
+    curve of a 1-process LoRA run without either. Before DeepSpeed 0.19.3 the recompute of a checkpointed block
+    re-partitioned frozen weights under torch's checkpoint (CheckpointError "Recomputed values ... different
+    metadata"; transformers issue 47254), hence setup.py's floor: with DeepSpeed 0.19.2 this test fails so."""
+    from test_train import make_run_inputs
+    from test_train_distributed import STEPS, deepspeed_cmd, metrics, run, run_args
+
+    from trajtune.launcher.config import load_config
+    from trajtune.trainer.config import TrainConfig
+    from trajtune.trainer.loop import train
+
+    data, model = make_run_inputs(tmp_path, n_packs=16)
+    lora = {"lora.r": 4, "lora.alpha": 8}
+    run(deepspeed_cmd(2, run_args(data, model, tmp_path / "two", gradient_checkpointing="true", export="true", **lora)))
+    one = train(load_config(TrainConfig, None, run_args(data, model, tmp_path / "one", engine="torch", **lora)))
+    two = metrics(tmp_path / "two")
+    assert sorted(two) == list(range(1, STEPS + 1))
+    for step in two:
+        assert math.isfinite(two[step]["loss"]) and two[step]["loss"] == pytest.approx(one["losses"][step], rel=1e-4)
+    assert two[STEPS]["loss"] < two[1]["loss"]
+    info = json.loads((tmp_path / "two" / "run_info.json").read_text())
+    assert info["world_size"] == 2 and info["ds_config"]["zero_optimization"]["stage"] == 3
+    assert (tmp_path / "two" / "final" / "adapter_config.json").is_file()

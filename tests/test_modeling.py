@@ -1,6 +1,7 @@
 """Model loading: packed samples never attend to each other in any CPU-runnable backend, backend choice,
 FLOPs per token against a hand count, LoRA training, gradient checkpointing."""
 
+import logging
 from types import SimpleNamespace
 
 import pytest
@@ -95,6 +96,48 @@ def test_choose_backend_order_and_errors(monkeypatch):
     assert choose_backend("auto", "cuda") == "flash_attention_2"
     with pytest.raises(TrajtuneError, match="CUDA"):
         choose_backend("flash_attention_2", "cpu")
+
+
+# Stand-ins with the signatures of PyTorch's varlen_attn over its releases (bodies never run).
+def _varlen_torch_2_9(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, is_causal=False, return_aux=None):
+    raise AssertionError("not called")
+
+
+def _varlen_no_gqa(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                   window_size=(-1, -1), seqused_k=None, block_table=None, num_splits=None):
+    raise AssertionError("not called")
+
+
+def _varlen_torch_2_13(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+                       window_size=(-1, -1), enable_gqa=False, seqused_k=None, block_table=None, num_splits=None):
+    return query
+
+
+@pytest.mark.parametrize("fn", [_varlen_torch_2_9, _varlen_no_gqa, _varlen_torch_2_13])
+def test_torch_varlen_is_chosen_only_when_its_signature_takes_our_keywords(monkeypatch, caplog, fn):
+    """An older varlen_attn would raise a TypeError at the first forward: auto falls back to SDPA and says so."""
+    from torch.nn.attention import varlen
+
+    monkeypatch.setattr(attention, "flash_attn_installed", lambda: False)
+    monkeypatch.setattr(varlen, "varlen_attn", fn)
+    q = torch.zeros(2, 1, 4)
+    cu = torch.tensor([0, 2], dtype=torch.int32)
+    try:  # the call varlen_attention_forward makes
+        fn(q, q, q, cu, cu, 2, 2, scale=None, window_size=(-1, 0), enable_gqa=False)
+        takes_our_call = True
+    except TypeError:
+        takes_our_call = False
+    with caplog.at_level(logging.INFO, logger="trajtune.attention"):
+        chosen = choose_backend("auto", "cuda")
+    assert chosen == (attention.VARLEN_NAME if takes_our_call else "sdpa")
+    assert takes_our_call == (fn is _varlen_torch_2_13)
+    if takes_our_call:
+        assert choose_backend("varlen", "cuda") == attention.VARLEN_NAME
+    else:
+        assert "using sdpa" in caplog.text and "enable_gqa" in caplog.text
+        with pytest.raises(TrajtuneError, match=r"varlen_attn taking scale, window_size, enable_gqa"):
+            choose_backend("varlen", "cuda")
+        assert choose_backend("varlen", "cpu") == attention.VARLEN_NAME  # CPU runs the reference loop, no kernel
 
 
 def test_flops_per_token_matches_hand_count(tiny_dir):

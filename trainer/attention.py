@@ -4,8 +4,8 @@ A packed row holds several samples back to back; `position_ids` restart at 0 whe
 backend here turns that into per-sample causal attention:
 - `flash_attention_2` (flash-attn installed, CUDA): transformers' own varlen path reads cu_seqlens from
   `position_ids` when no attention_mask is passed.
-- `trajtune_varlen` (CUDA, no flash-attn): PyTorch's built-in `torch.nn.attention.varlen.varlen_attn`, registered
-  as a transformers attention function; cu_seqlens come from `position_ids` here. Off CUDA that kernel does not
+- `trajtune_varlen` (CUDA, no flash-attn): PyTorch's built-in `torch.nn.attention.varlen.varlen_attn` (where its
+  signature takes the keywords we pass, VARLEN_KEYWORDS), registered as a transformers attention function; cu_seqlens come from `position_ids` here. Off CUDA that kernel does not
   exist (PyTorch has no CPU op), so the same function runs a reference per-sample SDPA loop: slow, exact, and what
   the CPU tests use to pin the cu_seqlens logic.
 - `sdpa` (anything else, CPU included): transformers builds a block-diagonal causal mask from `position_ids`,
@@ -16,6 +16,7 @@ backend here turns that into per-sample causal attention:
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 from typing import TYPE_CHECKING
 
@@ -36,8 +37,35 @@ def flash_attn_installed() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
 
 
+# Keywords `varlen_attention_forward` passes to `varlen_attn`. PyTorch 2.9's takes `is_causal` and `return_aux`
+# only; `scale`, then keyword-only `window_size`, then `enable_gqa` came in later releases (2.13 has all three).
+VARLEN_KEYWORDS = ("scale", "window_size", "enable_gqa")
+
+
+def _takes_keywords(fn, names: tuple[str, ...]) -> bool:
+    """`fn` accepts each of `names` as a keyword argument (or takes **kwargs)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # no introspectable signature: do not guess that it takes them
+        return False
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return True
+    ok = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return all(n in params and params[n].kind in ok for n in names)
+
+
 def torch_varlen_available() -> bool:
-    return importlib.util.find_spec("torch.nn.attention.varlen") is not None
+    """PyTorch's `varlen_attn` exists and takes the keywords we call it with (VARLEN_KEYWORDS).
+
+    Checked on the signature, not the version: setup.py allows torch>=2.4, and from 2.9 on the module exists
+    but at first lacks some of them, so the first forward would raise a TypeError deep inside the model.
+    """
+    if importlib.util.find_spec("torch.nn.attention.varlen") is None:
+        return False
+    from torch.nn.attention import varlen
+
+    fn = getattr(varlen, "varlen_attn", None)
+    return fn is not None and _takes_keywords(fn, VARLEN_KEYWORDS)
 
 
 def _uses_sliding_window(model_config) -> bool:
@@ -61,8 +89,12 @@ def choose_backend(attn: str, device_type: str, model_config=None, half: bool = 
             return "sdpa"
         if flash_attn_installed():
             return "flash_attention_2"
-        if torch_varlen_available() and not _uses_sliding_window(model_config):
+        if _uses_sliding_window(model_config):
+            return "sdpa"
+        if torch_varlen_available():
             return VARLEN_NAME
+        log.info("attention: flash-attn is not installed and this PyTorch has no varlen_attn taking %s: using sdpa",
+                 ", ".join(VARLEN_KEYWORDS))
         return "sdpa"
     if name not in BACKENDS:
         raise TrajtuneError(f"attn={attn!r} is not one of auto, {', '.join(BACKENDS)}")
@@ -74,8 +106,12 @@ def choose_backend(attn: str, device_type: str, model_config=None, half: bool = 
         if device_type != "cuda":
             raise TrajtuneError("attn=flash_attention_2 needs a CUDA GPU; on CPU use attn=sdpa (or auto)")
     if name == VARLEN_NAME:
-        if not torch_varlen_available():
-            raise TrajtuneError("attn=varlen needs torch.nn.attention.varlen (PyTorch >= 2.9); use attn=sdpa")
+        if device_type == "cuda" and not torch_varlen_available():  # off CUDA the reference loop runs instead
+            import torch
+
+            raise TrajtuneError(
+                f"attn=varlen needs torch.nn.attention.varlen.varlen_attn taking {', '.join(VARLEN_KEYWORDS)}; "
+                f"PyTorch {torch.__version__} has none (2.13 has it): upgrade torch, or use attn=sdpa or attn=auto")
         if _uses_sliding_window(model_config):
             raise TrajtuneError("attn=varlen does not do sliding-window attention; use attn=flash_attention_2 or sdpa")
     return name

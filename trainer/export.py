@@ -1,7 +1,8 @@
 """Export a trained model as a Hugging Face directory that `from_pretrained` and vLLM load as is.
 
 Full fine-tuning: `out_dir` gets config.json (dtype set to the export dtype, `use_cache` back on for inference),
-16-bit safetensors, generation_config.json, the tokenizer with its chat template, and trajtune.json (run config,
+16-bit safetensors, generation_config.json (config.json and it list the chat template's stop tokens as eos, see
+`stop_token_ids`), the tokenizer with its chat template, and trajtune.json (run config,
 data manifest hash, steps, format). LoRA: `out_dir` is the peft adapter (adapter_config.json +
 adapter_model.safetensors, loaded with `PeftModel.from_pretrained(base, out_dir)`); with `merge_lora` it is
 instead the merged full model and the adapter goes to `out_dir/adapter`. Under ZeRO-3 the caller passes the
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -48,6 +50,27 @@ def export_tokenizer(data: str | Path, model: str | Path):
         raise TrajtuneError(f"no tokenizer in {tok_dir} nor in {model} ({e}); the export would not be usable") from e
 
 
+def _process_umask() -> int:
+    """The process umask. `os` has no getter, so set a strict one and restore at once (a file another thread
+    creates in between gets a stricter mode, never a looser one)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def match_umask(directory: str | Path) -> None:
+    """Give the `*.safetensors` files under `directory` the mode a plain `open()` gives (0o666 minus the umask).
+
+    safetensors writes through a private temporary file (mode 0600) and renames it, so without this the
+    weights are the one part of a model directory that others (a shared project group, vLLM under another
+    account) cannot read, while config and tokenizer can.
+    """
+    mode = 0o666 & ~_process_umask()
+    for path in Path(directory).rglob("*.safetensors"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(mode)
+
+
 def _cast(state_dict: dict, dtype: torch.dtype) -> dict:
     """Floating tensors to `dtype` on CPU; integer buffers untouched."""
     return {
@@ -64,11 +87,33 @@ def _is_peft(model) -> bool:
     return isinstance(model, PeftModel)
 
 
-def _inference_config(config, dtype: torch.dtype):
-    """A copy of the model config as inference wants it: cache on, dtype = the saved weights' dtype."""
+def _as_list(ids) -> list[int]:
+    return [] if ids is None else [int(i) for i in (ids if isinstance(ids, list | tuple) else [ids])]
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """The ids generation stops at: the model's own eos (generation config, then config) and the chat template's
+    stop tokens (`template_stop_tokens`), each once, in that order. A base model fine-tuned on ChatML data
+    stops at `<|endoftext|>` by itself but ends every turn with `<|im_end|>`, so both must stop generation."""
+    from ..data_builders.render import template_stop_tokens
+
+    gen = getattr(model, "generation_config", None)
+    ids = _as_list(getattr(gen, "eos_token_id", None)) + _as_list(model.config.eos_token_id)
+    for token in template_stop_tokens(tokenizer) if tokenizer is not None else []:
+        encoded = tokenizer.encode(token, add_special_tokens=False)
+        if len(encoded) == 1:  # a stop "token" the vocabulary splits cannot be an eos id
+            ids.append(encoded[0])
+    return list(dict.fromkeys(ids))
+
+
+def _inference_config(config, dtype: torch.dtype, eos_ids: list[int]):
+    """A copy of the model config as inference wants it: cache on, dtype = the saved weights' dtype, every stop
+    id as eos (a list when several, as Llama-3.1's config.json has)."""
     cfg = copy.deepcopy(config)
     cfg.use_cache = True
     cfg.dtype = dtype
+    if eos_ids:
+        cfg.eos_token_id = eos_ids if len(eos_ids) > 1 else eos_ids[0]
     return cfg
 
 
@@ -81,10 +126,19 @@ def _check_covers(model, state_dict: dict) -> None:
                             "pass the full consolidated state dict (ZeRO-3: gathered on rank 0)")
 
 
-def _save_full(model, state_dict: dict, out: Path, dtype: torch.dtype) -> None:
+def _save_full(model, state_dict: dict, out: Path, dtype: torch.dtype, tokenizer) -> None:
+    """Weights, config.json and generation_config.json (eos = `stop_token_ids`, which transformers' generate
+    and vLLM both stop at)."""
+    from transformers import GenerationConfig
+
     _check_covers(model, state_dict)
     model.save_pretrained(out, state_dict=state_dict, safe_serialization=True, max_shard_size=MAX_SHARD)
-    _inference_config(model.config, dtype).save_pretrained(out)  # overwrites the training-time config.json
+    eos_ids = stop_token_ids(model, tokenizer)
+    _inference_config(model.config, dtype, eos_ids).save_pretrained(out)  # overwrites the training-time config.json
+    gen = copy.deepcopy(getattr(model, "generation_config", None) or GenerationConfig.from_model_config(model.config))
+    if eos_ids:
+        gen.eos_token_id = eos_ids if len(eos_ids) > 1 else eos_ids[0]
+    gen.save_pretrained(out)
 
 
 def _merged_copy(peft_model, state_dict: dict):
@@ -114,6 +168,7 @@ def _merged_copy(peft_model, state_dict: dict):
             f"export: the state dict does not match the LoRA model (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     fresh.tie_weights()
+    fresh.generation_config = copy.deepcopy(base.generation_config)  # the base's own (from_config would derive one)
     return wrapped.merge_and_unload()
 
 
@@ -142,16 +197,17 @@ def export_hf(
 
     if not is_peft:
         fmt = "full"
-        _save_full(model, _cast(source, torch_dtype), out, torch_dtype)
+        _save_full(model, _cast(source, torch_dtype), out, torch_dtype, tokenizer)
     elif not merge_lora:
         fmt = "lora_adapter"
         model.save_pretrained(out, state_dict=_cast(source, torch_dtype), safe_serialization=True)
     else:
         fmt = "lora_merged"
         merged = _merged_copy(model, source)
-        _save_full(merged, _cast(merged.state_dict(), torch_dtype), out, torch_dtype)
+        _save_full(merged, _cast(merged.state_dict(), torch_dtype), out, torch_dtype, tokenizer)
         model.save_pretrained(out / "adapter", state_dict=_cast(source, torch_dtype), safe_serialization=True)
 
+    match_umask(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     meta = {"format": fmt, "dtype": str(torch_dtype).removeprefix("torch."), **info}

@@ -17,6 +17,7 @@ from ..data_builders.errors import TrajtuneError
 from ..data_builders.pretrained import resolve_pretrained
 from .attention import VARLEN_NAME, choose_backend, register_varlen
 from .config import DEFAULT_LORA_TARGETS
+from .export import match_umask
 
 if TYPE_CHECKING:
     import torch
@@ -139,6 +140,7 @@ def make_tiny_llama(out_dir: str, vocab_size: int, tokenizer=None, seed: int = 0
     model = LlamaForCausalLM(config)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
+    match_umask(out_dir)
     if tokenizer is not None:
         tokenizer.save_pretrained(out_dir)
     return out_dir

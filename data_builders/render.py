@@ -61,17 +61,17 @@ def template_stop_tokens(tokenizer) -> list[str]:
     template = tokenizer.chat_template
     found: list[str] = []
     if isinstance(template, str) and template:
-        special = _special_kwargs(tokenizer)
+        special = special_kwargs(tokenizer)
         profile = profile_template(template, tuple(sorted(special.items())))
         call = {"id": "probecall1", "type": "function", "function": {"name": "probe_fn", "arguments": {"k": "probe_v1"}}}
-        call_msg = (_with_call([call], None if profile.content_none else "", profile.args_as_string)
+        call_msg = (with_call([call], None if profile.content_none else "", profile.args_as_string)
                     if profile.native_calls else {"role": "assistant", "content": "probe_v1"})
         result = {"role": profile.tool_role, "tool_call_id": "probecall1", "name": "probe_fn", "content": "probe_end"}
         user = {"role": "user", "content": "probe_user"}
         probes = ([user, {"role": "assistant", "content": "probe_v1"}, {"role": "user", "content": "probe_end"}],
                   [user, call_msg, result])
         for messages in probes:
-            text = _try(template, special, messages, [] if profile.needs_tool_list else None) or ""
+            text = try_render(template, special, messages, [] if profile.needs_tool_list else None) or ""
             start, end = text.find("probe_v1"), text.rfind("probe_end")
             stop = _STOP_RE.search(text, start, end) if 0 <= start < end else None
             if stop is not None and stop.group(0) not in found:

@@ -60,16 +60,19 @@ def run(args: argparse.Namespace) -> int:
     # would cost its whole size in memory for nothing; a LoRA merge builds its own CPU copy (`_merged_copy`).
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
+    from ..data_builders.pretrained import resolve_pretrained
+
+    base = resolve_pretrained(cfg.model, "model")  # a local directory, or a hub id from the cache
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(cfg.model))
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base))
         try:  # from_config derives a generation config; the base model's own file (sampling defaults) wins
-            model.generation_config = GenerationConfig.from_pretrained(cfg.model)
+            model.generation_config = GenerationConfig.from_pretrained(base)
         except OSError:
             pass
         if lora is not None:
             model = wrap_lora(model, lora)
 
-    tokenizer = export_tokenizer(cfg.data, cfg.model)
+    tokenizer = export_tokenizer(cfg.data, base)
     info = {"config": to_dict(cfg), "data_manifest_sha256": state.get("data_manifest_sha256"),
             "steps": state.get("step"), "checkpoint": str(ckpt)}
     export_hf(model, state_dict, tokenizer, args.out, info, merge_lora=args.merge, dtype=args.dtype)

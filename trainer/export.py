@@ -43,9 +43,11 @@ def export_tokenizer(data: str | Path, model: str | Path):
     model's. Raises TrajtuneError when neither loads, since a model without its tokenizer is not usable."""
     from transformers import AutoTokenizer
 
+    from ..data_builders.pretrained import resolve_pretrained
+
     tok_dir = Path(data) / "tokenizer"
     try:
-        return AutoTokenizer.from_pretrained(str(tok_dir if tok_dir.is_dir() else model))
+        return AutoTokenizer.from_pretrained(str(tok_dir) if tok_dir.is_dir() else resolve_pretrained(model, "model"))
     except (OSError, ValueError) as e:
         raise TrajtuneError(f"no tokenizer in {tok_dir} nor in {model} ({e}); the export would not be usable") from e
 

@@ -77,6 +77,10 @@ def build_ds_config(path: str | Path, cfg: Any, accumulation: int, world_size: i
         "steps_per_print": 2**31 - 1,  # our own metrics log progress
         "wall_clock_breakdown": False,
     })
+    if cfg.bf16:
+        # DeepSpeed accumulates micro-step gradients in the model dtype by default (runtime/engine.py
+        # get_data_types); summing many bf16 micro-gradients loses their low bits, so ZeRO sums them in fp32.
+        ds.setdefault("data_types", {}).setdefault("grad_accum_dtype", "fp32")
     zero = ds.setdefault("zero_optimization", {})
     if (zero.get("offload_optimizer") or {}).get("device", "none") != "none":
         # Offloaded optimizer states want DeepSpeed's CPU Adam; built by DeepSpeed from this section.

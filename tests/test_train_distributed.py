@@ -58,9 +58,10 @@ def deepspeed_cmd(ranks: int, args: list[str]) -> list[str]:
             "--master_port", str(free_port()), TRAJTUNE, "train", *args]
 
 
-def run(cmd: list[str], timeout: int = 300) -> None:
-    proc = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=timeout)
+def run(cmd: list[str], timeout: int = 300, **extra_env: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, env={**env(), **extra_env}, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
 
 
 def metrics(out: Path) -> dict[int, dict]:
@@ -70,11 +71,14 @@ def metrics(out: Path) -> dict[int, dict]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The same 6-step ZeRO-3 run as 1 process (no launcher) and as 2 ranks (deepspeed launcher, + export)."""
+    """The same 6-step ZeRO-3 run as 1 process (no launcher) and as 2 ranks (deepspeed launcher, + export; its
+    stderr in root/two.stderr, with a matplotlib never used before, as on a fresh machine)."""
     root = tmp_path_factory.mktemp("ds")
     data, model = make_run_inputs(root, n_packs=16)
     run([TRAJTUNE, "train", *run_args(data, model, root / "one")])
-    run(deepspeed_cmd(2, run_args(data, model, root / "two", export="true", save_steps=3)))
+    two = run(deepspeed_cmd(2, run_args(data, model, root / "two", export="true", save_steps=3)),
+              MPLCONFIGDIR=str(root / "mpl"))
+    (root / "two.stderr").write_text(two.stderr)
     return root, data, model
 
 
@@ -147,3 +151,14 @@ def test_kill_9_a_rank_then_resume_gives_the_same_losses(runs):
     assert sorted(resumed) == list(range(1, STEPS + 1))
     for step in range(1, STEPS + 1):
         assert resumed[step]["loss"] == pytest.approx(reference[step]["loss"], rel=1e-6), (step, stopped_at)
+
+
+def test_two_rank_console_has_no_known_warnings_and_one_progress_bar(runs):
+    root, _, _ = runs
+    err = (root / "two.stderr").read_text()
+    assert "FutureWarning" not in err  # torch's deprecation of the collectives ZeRO calls every step
+    assert "fontManager" not in err and "font cache" not in err  # matplotlib's first use on this machine
+    exported = err.index("exported ")
+    assert err.rfind("train: ") < exported  # the bar is closed at the last step, not drawn again after the export
+    assert "train: 100%" in err[:exported]
+

@@ -249,11 +249,20 @@ class DeepSpeedEngineWrapper:
         return self.model.state_dict() if self.rank == 0 else None
 
 
+# torch >= 2.13 deprecates the collectives DeepSpeed's ZeRO calls every step; each call repeats the warning.
+_KNOWN_WARNINGS = r"`torch\.distributed\.(reduce_scatter_tensor|all_gather_into_tensor)` is deprecated"
+
+
 def init_distributed(use_deepspeed: bool) -> None:
-    """Start the process group for DeepSpeed (nccl on CUDA, gloo on CPU); a lone process gets a local rendezvous."""
+    """Start the process group for DeepSpeed (nccl on CUDA, gloo on CPU); a lone process gets a local rendezvous.
+    Pair with `shutdown_distributed` (a process that exits with the group alive can abort in C++ teardown)."""
     if not use_deepspeed:
         return
+    import warnings
+
     import deepspeed
+
+    warnings.filterwarnings("ignore", message=_KNOWN_WARNINGS, category=FutureWarning, module=r"torch\.distributed")
 
     if "RANK" not in os.environ:  # plain `trajtune train`, not under a launcher
         with socket.socket() as s:

@@ -210,7 +210,7 @@ def test_sigusr1_saves_a_checkpoint_and_stops(inputs, tmp_path, monkeypatch):
     wrap_loss(monkeypatch, signal_during_step_2)
     out = tmp_path / "run"
     result = loop.train(config(data, model, out))
-    assert result["stopped"] and result["step"] == 2
+    assert result["stopped"] and result["step"] == 2 and result["signal"] == signal.SIGUSR1
     assert (out / "checkpoints" / "latest").read_text().strip() == "step_00000002"
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # handlers restored
 

@@ -2,13 +2,16 @@
 
 The two-rank loss curve (and gradient norms) must match the one-process curve to 1e-4 relative, and match the
 plain-PyTorch engine too; a run whose rank is killed with SIGKILL after a checkpoint resumes (resume=auto) and
-logs the same losses as the run that never stopped. The first DeepSpeed run on a machine JIT-builds a small C++
-op (~1-2 min); later runs reuse it.
+logs the same losses as the run that never stopped. Its console is clean (no known deprecation warnings, one
+progress bar); a checkpoint of 2 ranks is refused by 1 before any weight loads; `train` leaves no process group
+behind, on success or error. The first DeepSpeed run on a machine JIT-builds a small C++ op (~1-2 min); later
+runs reuse it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -162,3 +165,46 @@ def test_two_rank_console_has_no_known_warnings_and_one_progress_bar(runs):
     assert err.rfind("train: ") < exported  # the bar is closed at the last step, not drawn again after the export
     assert "train: 100%" in err[:exported]
 
+
+def test_resume_with_another_world_size_is_refused_before_loading(runs, tmp_path, capsys, caplog, monkeypatch):
+    from trajtune.launcher.cli import main as cli_main
+
+    root, data, model = runs
+    two_ranks = root / "two" / "checkpoints" / "step_00000003"
+    # The rendezvous a lone process would write into os.environ, set here so that nothing leaks into later tests.
+    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                           MASTER_PORT=str(free_port())).items():
+        monkeypatch.setenv(key, value)
+    caplog.set_level(logging.INFO, logger="trajtune")
+    args = run_args(data, model, tmp_path / "one_rank", resume=two_ranks)
+    assert cli_main(["train", *args]) == 2  # one process, no launcher
+    err = capsys.readouterr().err
+    assert f"cannot resume from {two_ranks}: it was written by 2 rank(s) and this run has 1" in err
+    assert "Resume with 2 rank(s)" in err and f"trajtune export --checkpoint {two_ranks}" in err
+    assert not [r for r in caplog.records if r.name == "trajtune.modeling"]  # refused before loading the model
+
+
+NO_GROUP_LEFT = """
+import json, sys
+import torch.distributed as dist
+from trajtune.launcher.cli import main
+bad_ds_config, args = sys.argv[1], sys.argv[2:]
+code = main(["train", *args])
+try:
+    main(["train", *args, "output_dir=" + bad_ds_config + ".run", "ds_config=" + bad_ds_config])
+    error = None
+except Exception as e:  # DeepSpeed rejects the config after the process group is up and the model loaded
+    error = str(e)
+print(json.dumps({"code": code, "error": error, "left": dist.is_initialized()}))
+"""
+
+
+def test_train_destroys_its_process_group_on_success_and_on_error(runs, tmp_path):
+    root, data, model = runs
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"zero_optimization": {"stage": 2, "no_such_setting": 1}}))
+    args = run_args(data, model, tmp_path / "run", ds_config=ROOT / "ds_configs" / "zero2.json", max_steps=1)
+    proc = run([sys.executable, "-c", NO_GROUP_LEFT, str(bad), *args])
+    # A process group left alive at exit once made a 2-rank run exit 250 in C++ teardown after a clean run.
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["code"] == 0 and "no_such_setting" in result["error"] and result["left"] is False

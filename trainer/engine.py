@@ -274,6 +274,14 @@ def init_distributed(use_deepspeed: bool) -> None:
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
 
 
+def shutdown_distributed() -> None:
+    """Destroy the default process group if one is up (at the end of `train`, on success and on errors alike)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def make_engine(kind: str, model: torch.nn.Module, cfg: Any, ds_config: dict[str, Any] | None):
     """A TorchEngine (kind "torch") or a DeepSpeedEngineWrapper (kind "deepspeed", needs ds_config)."""
     if kind == "torch":

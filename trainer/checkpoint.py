@@ -97,8 +97,9 @@ def check_resumable(checkpoint: Path, state: dict[str, Any], run: dict[str, Any]
     data = state.get("data_sha256", state.get("data_manifest_sha256"))
     if data != run["data_sha256"]:
         raise TrajtuneError(f"cannot resume from {checkpoint}: it trained on other data (data_sha256 {data}, this "
-                            f"dataset's is {run['data_sha256']}: its packs, tokenizer or seq_len differ), so the data "
-                            f"order would differ; point data= at the dataset it trained on, or {fresh}")
+                            f"dataset's is {run['data_sha256']}: the build's hash of packs, tokenizer and seq_len, or "
+                            "for a build without one the hash of manifest.json, which every rebuild changes), so the "
+                            f"data order may differ; point data= at the dataset it trained on, or {fresh}")
     for key in ("global_batch_size", "seed"):
         if state.get(key) != run[key]:
             raise TrajtuneError(f"cannot resume from {checkpoint}: its {key} is {state.get(key)!r}, this run's is "

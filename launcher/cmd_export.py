@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
             model = wrap_lora(model, lora)
 
     tokenizer = export_tokenizer(cfg.data, base)
-    info = {"config": to_dict(cfg), "data_manifest_sha256": state.get("data_manifest_sha256"),
+    # data_sha256: the data identity (older checkpoints name their manifest-file hash data_manifest_sha256)
+    info = {"config": to_dict(cfg), "data_sha256": state.get("data_sha256", state.get("data_manifest_sha256")),
             "steps": state.get("step"), "checkpoint": str(ckpt)}
     export_hf(model, state_dict, tokenizer, args.out, info, merge_lora=args.merge, dtype=args.dtype)
     kind = "merged model" if args.merge else ("LoRA adapter" if lora else "model")

@@ -6,6 +6,8 @@
 
 Ranks come from the launcher's environment (RANK / LOCAL_RANK / WORLD_SIZE); the `--local_rank` that deepspeed
 passes is accepted and only fills LOCAL_RANK when the environment lacks it. `--keys` lists every config key.
+Exit status: 0 done (or already trained), 2 bad input, 128 + the signal when a signal stopped the run with a
+checkpoint (143 SIGTERM, 138 SIGUSR1, 130 Ctrl-C; also 130 when a second Ctrl-C aborted it without one).
 torch, transformers and deepspeed are imported inside `run`, so `--help` is instant.
 """
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 
 
@@ -37,10 +40,19 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, stream=sys.stderr,
                         format=f"[trajtune rank {rank}] %(message)s")
 
+    from ..trainer.checkpoint import latest_checkpoint
     from ..trainer.loop import train
 
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except KeyboardInterrupt:  # Ctrl-C before the first step, or a second one during a step
+        if rank == 0:
+            print(f"trajtune train: aborted by Ctrl-C; latest checkpoint: {latest_checkpoint(cfg.output_dir)}",
+                  file=sys.stderr)
+        return 128 + signal.SIGINT
+    if result["stopped"]:  # the loop said how to resume; 128 + signal, as a shell reports a process it killed
+        return 128 + result["signal"]
     if rank == 0:
-        state = "stopped early (resume with resume=auto)" if result["stopped"] else "done"
+        state = "already trained" if result["already_trained"] else "done"
         print(f"trajtune train: {state} at step {result['step']}; checkpoint {result['checkpoint']}")
     return 0

@@ -242,7 +242,7 @@ def test_cli_export_of_a_full_checkpoint(tmp_path, base_dir):
     ids = _ids(model.config.vocab_size)
     torch.testing.assert_close(_logits(reloaded, ids), _logits(model, ids), rtol=1e-5, atol=1e-5)
     info = json.loads((tmp_path / "hf" / "trajtune.json").read_text())
-    assert info["steps"] == 3 and info["data_manifest_sha256"] == "f00" and info["config"]["model"] == base_dir
+    assert info["steps"] == 3 and info["data_sha256"] == "f00" and info["config"]["model"] == base_dir  # older key read
     assert AutoTokenizer.from_pretrained(tmp_path / "hf").chat_template == TEMPLATE  # the base model's tokenizer
     # --merge on a full fine-tune is a user error: exit 2 with a message, no traceback.
     assert main(["export", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "m"), "--merge"]) == 2

@@ -210,7 +210,7 @@ def test_sigusr1_saves_a_checkpoint_and_stops(inputs, tmp_path, monkeypatch):
     wrap_loss(monkeypatch, signal_during_step_2)
     out = tmp_path / "run"
     result = loop.train(config(data, model, out))
-    assert result["stopped"] and result["step"] == 2
+    assert result["stopped"] and result["step"] == 2 and result["signal"] == signal.SIGUSR1
     assert (out / "checkpoints" / "latest").read_text().strip() == "step_00000002"
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # handlers restored
 
@@ -307,6 +307,24 @@ def test_ds_config_gets_batch_sizes_from_the_run_and_refuses_its_own(tmp_path):
         path.write_text(json.dumps(bad))
         with pytest.raises(TrajtuneError, match=message):
             build_ds_config(path, cfg, accumulation=4, world_size=8)
+
+
+def test_bf16_sums_micro_batch_gradients_in_fp32_unless_the_ds_config_says_otherwise(tmp_path):
+    from conftest import ROOT
+
+    from trajtune.launcher.config import build as build_config
+    from trajtune.trainer.engine import build_ds_config
+
+    def ds_for(bf16: bool, path=ROOT / "ds_configs" / "zero3.json"):
+        cfg = build_config(TrainConfig, {"model": "m", "data": "d", "global_batch_size": 8, "bf16": bf16})
+        return build_ds_config(path, cfg, accumulation=4, world_size=2)
+
+    # DeepSpeed's key (runtime/constants.py DATA_TYPES / GRAD_ACCUM_DTYPE); by default it accumulates in bf16.
+    assert ds_for(True)["data_types"] == {"grad_accum_dtype": "fp32"}
+    assert "data_types" not in ds_for(False)  # fp32 training accumulates in fp32 already
+    own = tmp_path / "own.json"
+    own.write_text(json.dumps({"zero_optimization": {"stage": 2}, "data_types": {"grad_accum_dtype": "bf16"}}))
+    assert ds_for(True, own)["data_types"] == {"grad_accum_dtype": "bf16"}
 
 
 class _FakeEngine:

@@ -71,6 +71,41 @@ def find_resume(resume: str, output_dir: str | Path) -> Path | None:
     return resolve_checkpoint(resume)
 
 
+def read_state(checkpoint: Path) -> dict[str, Any]:
+    """A checkpoint's trainer_state.json: step, bad_steps and the run facts `check_resumable` compares."""
+    return json.loads((checkpoint / "trainer_state.json").read_text())
+
+
+def check_resumable(checkpoint: Path, state: dict[str, Any], run: dict[str, Any]) -> None:
+    """Raise TrajtuneError, before any weight is loaded, when this run cannot continue `checkpoint`'s.
+
+    run: this run's global_batch_size, seed, data_sha256 (the data order depends on them), world_size and engine
+    (the optimizer state is sharded per rank, in the engine's own format). Facts an older checkpoint lacks
+    (engine) are not compared; its data identity may be the manifest-file hash (`data_manifest_sha256`).
+    """
+    fresh = "use resume=none or a new output_dir to start over"
+    was = state.get("world_size")
+    if was is not None and was != run["world_size"]:
+        raise TrajtuneError(
+            f"cannot resume from {checkpoint}: it was written by {was} rank(s) and this run has {run['world_size']}; "
+            f"the optimizer state is sharded per rank. Resume with {was} rank(s), or export the weights "
+            f"(trajtune export --checkpoint {checkpoint} --out DIR) and start a new run from them (model=DIR, "
+            "resume=none)")
+    if state.get("engine", run["engine"]) != run["engine"]:
+        raise TrajtuneError(f"cannot resume from {checkpoint}: it was written by engine={state['engine']}, this run "
+                            f"uses engine={run['engine']}; set engine={state['engine']}, or {fresh}")
+    data = state.get("data_sha256", state.get("data_manifest_sha256"))
+    if data != run["data_sha256"]:
+        raise TrajtuneError(f"cannot resume from {checkpoint}: it trained on other data (data_sha256 {data}, this "
+                            f"dataset's is {run['data_sha256']}: the build's hash of packs, tokenizer and seq_len, or "
+                            "for a build without one the hash of manifest.json, which every rebuild changes), so the "
+                            f"data order may differ; point data= at the dataset it trained on, or {fresh}")
+    for key in ("global_batch_size", "seed"):
+        if state.get(key) != run[key]:
+            raise TrajtuneError(f"cannot resume from {checkpoint}: its {key} is {state.get(key)!r}, this run's is "
+                                f"{run[key]!r}, so the data order would differ; set {key}={state.get(key)}, or {fresh}")
+
+
 def _rng_state() -> dict[str, Any]:
     state = {"python": random.getstate(), "torch": torch.get_rng_state()}
     try:
@@ -132,7 +167,7 @@ def save(engine: Any, output_dir: str | Path, step: int, trainer_state: dict[str
 
 def load(engine: Any, checkpoint: Path) -> dict[str, Any]:
     """Collective: restore engine state and this rank's RNG from `checkpoint`; returns its trainer_state."""
-    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    state = read_state(checkpoint)
     engine.load_checkpoint(checkpoint)
     rng_file = checkpoint / f"rng_rank{engine.rank}.pt"
     if not rng_file.is_file():

@@ -16,6 +16,7 @@ shifted here (targets[t] = labels[t+1]) and cut at sample boundaries, so a sampl
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,53 @@ def open_built_dataset(data_dir: str | Path) -> tuple[Any, Any | None, dict[str,
     if "train" not in splits or len(splits["train"]) == 0:
         raise TrajtuneError(f"{root}: no training packs (train/ missing or empty); rebuild with `trajtune build`")
     return splits["train"], splits.get("validation"), manifest
+
+
+def data_identity(data_dir: str | Path, manifest: dict[str, Any]) -> str:
+    """What resume compares and the run records: the build's `data_sha256` (a hash of what training reads: packs,
+    tokenizer, seq_len), so a byte-identical rebuild is the same data; for a build older than that key, the hash
+    of manifest.json itself (which also changes with the build's timestamps)."""
+    if manifest.get("data_sha256"):
+        return str(manifest["data_sha256"])
+    return hashlib.sha256((Path(data_dir) / "manifest.json").read_bytes()).hexdigest()
+
+
+def check_fits_model(data_dir: str | Path, model: str) -> None:
+    """Raise TrajtuneError when the dataset's tokenizer (DATA/tokenizer) does not fit `model`'s config.json: a token
+    id at or past the embedding rows (`vocab_size`), or a model eos id that is no token of the dataset's tokenizer
+    (the data was tokenized with another vocabulary). Reads the config and the tokenizer only, never the weights.
+    A dataset without tokenizer/ is taken to use the model's own tokenizer (nothing to compare)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    tok_dir = Path(data_dir) / "tokenizer"
+    if not tok_dir.is_dir():
+        return
+    from ..data_builders.pretrained import resolve_pretrained
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_pretrained(model, "model"))
+    except (OSError, ValueError) as e:
+        raise TrajtuneError(f"model {model!r}: not a model directory with a config.json ({e})") from e
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    rows = getattr(config, "vocab_size", None) or config.get_text_config().vocab_size
+    ids = set(tok.get_vocab().values())  # added tokens included
+    n_ids = max(ids) + 1
+    fix = (f"rebuild the dataset with the model's tokenizer (trajtune build --tokenizer {model} ...) or, if this "
+           "tokenizer is meant for it, resize the model's embeddings")
+    if n_ids > rows:
+        named = [(name, getattr(tok, f"{name}_token"), getattr(tok, f"{name}_token_id")) for name in ("bos", "eos", "pad")]
+        outside = ", ".join(f"{name} {text!r} = {i}" for name, text, i in named if i is not None and i >= rows)
+        raise TrajtuneError(
+            f"{tok_dir} does not fit model {model}: its ids go up to {n_ids - 1}, the model has {rows} embedding rows "
+            f"(vocab_size in config.json){'; out of range: ' + outside if outside else ''}. {fix} to at least "
+            f"{n_ids} rows (model.resize_token_embeddings({n_ids}), then save_pretrained)")
+    eos = config.eos_token_id
+    for i in [eos] if isinstance(eos, int) else (eos or []):
+        if i not in ids:
+            raise TrajtuneError(
+                f"{tok_dir} does not fit model {model}: the model's eos_token_id {i} (config.json) is no token of "
+                f"the dataset's tokenizer ({n_ids} ids, eos {tok.eos_token!r} = {tok.eos_token_id}), so the data was "
+                f"tokenized with another vocabulary; {fix}")
 
 
 def stream_indices(num_packs: int, seed: int, start: int, count: int) -> list[int]:

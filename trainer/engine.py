@@ -77,6 +77,10 @@ def build_ds_config(path: str | Path, cfg: Any, accumulation: int, world_size: i
         "steps_per_print": 2**31 - 1,  # our own metrics log progress
         "wall_clock_breakdown": False,
     })
+    if cfg.bf16:
+        # DeepSpeed accumulates micro-step gradients in the model dtype by default (runtime/engine.py
+        # get_data_types); summing many bf16 micro-gradients loses their low bits, so ZeRO sums them in fp32.
+        ds.setdefault("data_types", {}).setdefault("grad_accum_dtype", "fp32")
     zero = ds.setdefault("zero_optimization", {})
     if (zero.get("offload_optimizer") or {}).get("device", "none") != "none":
         # Offloaded optimizer states want DeepSpeed's CPU Adam; built by DeepSpeed from this section.
@@ -245,11 +249,20 @@ class DeepSpeedEngineWrapper:
         return self.model.state_dict() if self.rank == 0 else None
 
 
+# torch >= 2.13 deprecates the collectives DeepSpeed's ZeRO calls every step; each call repeats the warning.
+_KNOWN_WARNINGS = r"`torch\.distributed\.(reduce_scatter_tensor|all_gather_into_tensor)` is deprecated"
+
+
 def init_distributed(use_deepspeed: bool) -> None:
-    """Start the process group for DeepSpeed (nccl on CUDA, gloo on CPU); a lone process gets a local rendezvous."""
+    """Start the process group for DeepSpeed (nccl on CUDA, gloo on CPU); a lone process gets a local rendezvous.
+    Pair with `shutdown_distributed` (a process that exits with the group alive can abort in C++ teardown)."""
     if not use_deepspeed:
         return
+    import warnings
+
     import deepspeed
+
+    warnings.filterwarnings("ignore", message=_KNOWN_WARNINGS, category=FutureWarning, module=r"torch\.distributed")
 
     if "RANK" not in os.environ:  # plain `trajtune train`, not under a launcher
         with socket.socket() as s:
@@ -259,6 +272,14 @@ def init_distributed(use_deepspeed: bool) -> None:
     if torch.cuda.is_available():
         torch.cuda.set_device(dist_env()[1])
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+
+
+def shutdown_distributed() -> None:
+    """Destroy the default process group if one is up (at the end of `train`, on success and on errors alike)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def make_engine(kind: str, model: torch.nn.Module, cfg: Any, ds_config: dict[str, Any] | None):

@@ -4,17 +4,21 @@ One optimizer step = `global_batch_size` packs over all ranks = micro_batch_size
 The loss is cross-entropy summed over trained tokens and divided by the trained-token count of the whole global
 batch (all-reduced before the first micro-batch), so how the batch is split over micro-batches and ranks does
 not change the update. Every step does two tiny all-reduces: the trained-token count, and at the end the
-loss sum + token count + "stop requested" flag, which is how a SIGTERM/SIGUSR1 on any rank stops all of them at
-the same step with a checkpoint. The same loop drives DeepSpeed or the plain-PyTorch engine (trainer/engine.py).
+loss sum + token count + "stop requested" flag, which is how a SIGTERM/SIGUSR1 or a Ctrl-C (SIGINT) on any rank
+stops all of them at the same step with a checkpoint (a second Ctrl-C aborts at once, without one).
+Before any weight is read: the dataset's tokenizer must fit the model, and a checkpoint to resume must come from
+the same data, batch, seed, world size and engine; a run whose last checkpoint is its final step is already
+trained, and running it again does nothing. The same loop drives DeepSpeed or the plain-PyTorch engine
+(trainer/engine.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -29,13 +33,15 @@ from . import checkpoint
 from .config import TrainConfig
 from .data import (
     IGNORE,
+    check_fits_model,
     collate,
+    data_identity,
     fetch,
     open_built_dataset,
     step_micro_batches,
     validation_micro_batches,
 )
-from .engine import build_ds_config, dist_env, init_distributed, make_engine
+from .engine import build_ds_config, dist_env, init_distributed, make_engine, shutdown_distributed
 
 log = logging.getLogger("trajtune.train")
 
@@ -76,17 +82,29 @@ def choose_engine(cfg: TrainConfig, world_size: int) -> str:
 
 
 class StopRequest:
-    """Remembers a SIGTERM/SIGUSR1 (preemption, `scancel --signal`) so the loop can checkpoint and exit cleanly."""
+    """Remembers the first SIGTERM/SIGUSR1 (preemption, `scancel --signal`) or SIGINT (Ctrl-C) in `signum`, so the
+    loop can checkpoint at the step boundary and stop; a second SIGINT raises KeyboardInterrupt (abort now)."""
 
-    def __init__(self) -> None:
-        self.requested = False
+    def __init__(self, is_main: bool) -> None:
+        self.signum: int | None = None
+        self.is_main = is_main
         self._previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGUSR1):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
                 self._previous[sig] = signal.signal(sig, self._handle)
 
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
     def _handle(self, signum: int, frame: Any) -> None:
-        self.requested = True
+        if signum == signal.SIGINT:
+            if self.signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            if self.is_main:  # os.write to fd 2: a print here could re-enter a stderr write the signal cut
+                os.write(2, b"\nCtrl-C: stopping with a checkpoint after this step; press Ctrl-C again to abort "
+                            b"at once without one\n")
+        self.signum = self.signum or signum
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -113,7 +131,9 @@ def validation_loss(engine: Any, val_ds: Any, micro: int) -> float:
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run (or resume) the SFT run described by `cfg`. Returns {"step", "losses" (step -> loss), "bad_steps",
-    "stopped" (True when a signal ended it early), "checkpoint", "val_loss"}. Raises TrajtuneError on bad input."""
+    "stopped" (True when a signal ended it early), "signal" (its number, or None), "already_trained" (True when
+    the checkpoint to resume was the run's last step, so nothing ran), "checkpoint", "val_loss"}.
+    Raises TrajtuneError on bad input; KeyboardInterrupt on a second Ctrl-C."""
     from .export import export_tokenizer
     from .metrics import MetricsLogger, Throughput, memory_gb, peak_flops
     from .modeling import flops_per_token, load_model
@@ -124,68 +144,82 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     engine_kind = choose_engine(cfg, world_size)
     accumulation = cfg.accumulation_steps(world_size)
     train_ds, val_ds, manifest = open_built_dataset(cfg.data)
-    manifest_sha = hashlib.sha256((Path(cfg.data) / "manifest.json").read_bytes()).hexdigest()
+    data_sha = data_identity(cfg.data, manifest)
     total_steps = cfg.max_steps or int(cfg.epochs * len(train_ds) // cfg.global_batch_size)
     if total_steps < 1:
         raise TrajtuneError(f"{cfg.data} has {len(train_ds)} packs: {cfg.epochs} epochs make no full global batch of "
                             f"{cfg.global_batch_size}; lower global_batch_size or raise epochs / max_steps")
     output_dir = Path(cfg.output_dir)
-    tokenizer = export_tokenizer(cfg.data, cfg.model) if cfg.export else None  # fails now, not after the run
-    init_distributed(engine_kind == "deepspeed")
-    if rank == 0:
-        log.info("engine %s: %d rank(s) × micro %d × accumulation %d = global batch %d packs; %d steps (%.2f epochs "
-                 "of %d packs)", engine_kind, world_size, cfg.micro_batch_size, accumulation, cfg.global_batch_size,
-                 total_steps, total_steps * cfg.global_batch_size / len(train_ds), len(train_ds))
 
-    # --- Model and engine ---
-    torch.manual_seed(cfg.seed)  # same on every rank: new (e.g. LoRA) weights must agree across ranks
-    ds_config = build_ds_config(cfg.ds_config, cfg, accumulation, world_size) if engine_kind == "deepspeed" else None
-    dtype = torch.bfloat16 if (cfg.bf16 and engine_kind == "deepspeed") else torch.float32  # torch: autocast
-    model, attn_backend = load_model(cfg.model, dtype=dtype, attn=cfg.attn,
-                                     gradient_checkpointing=cfg.gradient_checkpointing,
-                                     lora=cfg.lora if cfg.lora.r > 0 else None, ds_config=ds_config)
-    engine = make_engine(engine_kind, model, cfg, ds_config)
-    is_main = engine.rank == 0
-
-    # --- Resume: the step number is the whole data position ---
-    start_step = 0
+    # --- Checks before any weight is read: data vs model, resume; a finished run is a no-op ---
+    check_fits_model(cfg.data, cfg.model)
+    run_facts = {"global_batch_size": cfg.global_batch_size, "seed": cfg.seed, "world_size": world_size,
+                 "engine": engine_kind, "data_sha256": data_sha}
     resume_from = checkpoint.find_resume(cfg.resume, output_dir)
     if resume_from is not None:
-        state = checkpoint.load(engine, resume_from)
-        for key, now in (("global_batch_size", cfg.global_batch_size), ("seed", cfg.seed),
-                         ("data_manifest_sha256", manifest_sha)):
-            if state.get(key) != now:
-                raise TrajtuneError(f"cannot resume from {resume_from}: its {key} is {state.get(key)!r}, this run's is "
-                                    f"{now!r}, so the data order would differ; use resume=none or a new output_dir")
-        start_step = int(state["step"])
-        if is_main:
-            log.info("resumed from %s at step %d", resume_from, start_step)
-            if state.get("total_steps") != total_steps:
-                log.warning("the checkpoint's run had %s steps, this one has %d: the lr schedule changes from here",
-                            state.get("total_steps"), total_steps)
-    if is_main:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
-        (output_dir / "run_info.json").write_text(json.dumps({
-            "engine": engine_kind, "world_size": world_size, "accumulation_steps": accumulation,
-            "total_steps": total_steps, "attention_backend": attn_backend, "ds_config": ds_config,
-            "data_manifest_sha256": manifest_sha, "train_packs": len(train_ds)}, indent=2) + "\n")
+        state = checkpoint.read_state(resume_from)
+        checkpoint.check_resumable(resume_from, state, run_facts)
+        if state["step"] >= total_steps and (not cfg.export or _exported_step(output_dir / "final") == state["step"]):
+            if rank == 0:
+                log.info("already trained: %s is step %d of this run's %d%s; nothing to do (raise max_steps or "
+                         "epochs to train on, or use resume=none or a new output_dir to start over)", resume_from,
+                         state["step"], total_steps, f", exported to {output_dir / 'final'}" if cfg.export else "")
+            return {"step": int(state["step"]), "losses": {}, "bad_steps": int(state.get("bad_steps", 0)),
+                    "stopped": False, "signal": None, "already_trained": True, "checkpoint": str(resume_from),
+                    "val_loss": None}
+    tokenizer = export_tokenizer(cfg.data, cfg.model) if cfg.export else None  # fails now, not after the run
 
-    seq_len = int(manifest.get("seq_len") or max(len(r["input_ids"]) for r in fetch(train_ds, [0])))
-    throughput = Throughput(flops_per_token(engine.model.config, seq_len), peak_flops(engine.device), world_size)
-    metrics = MetricsLogger(str(output_dir), cfg.report_to, is_main, total_steps, resume_step=start_step)
-    stop = StopRequest()
-    trainer_state = {"global_batch_size": cfg.global_batch_size, "seed": cfg.seed, "world_size": world_size,
-                     "total_steps": total_steps, "data_manifest_sha256": manifest_sha}
-    losses: dict[int, float] = {}
-    bad_in_a_row = 0
-    bad_total = int(state.get("bad_steps", 0)) if resume_from is not None else 0
-    last_saved = start_step if resume_from is not None else -1
-    val_loss = None
-
-    # --- The loop ---
-    step = start_step
+    # --- From here on a process group may be up: every way out of the try destroys it ---
+    init_distributed(engine_kind == "deepspeed")
+    stop = metrics = None
     try:
+        if rank == 0:
+            log.info("engine %s: %d rank(s) × micro %d × accumulation %d = global batch %d packs; %d steps (%.2f "
+                     "epochs of %d packs)", engine_kind, world_size, cfg.micro_batch_size, accumulation,
+                     cfg.global_batch_size, total_steps, total_steps * cfg.global_batch_size / len(train_ds),
+                     len(train_ds))
+
+        # --- Model and engine ---
+        torch.manual_seed(cfg.seed)  # same on every rank: new (e.g. LoRA) weights must agree across ranks
+        ds_config = build_ds_config(cfg.ds_config, cfg, accumulation, world_size) if engine_kind == "deepspeed" else None
+        dtype = torch.bfloat16 if (cfg.bf16 and engine_kind == "deepspeed") else torch.float32  # torch: autocast
+        model, attn_backend = load_model(cfg.model, dtype=dtype, attn=cfg.attn,
+                                         gradient_checkpointing=cfg.gradient_checkpointing,
+                                         lora=cfg.lora if cfg.lora.r > 0 else None, ds_config=ds_config)
+        engine = make_engine(engine_kind, model, cfg, ds_config)
+        is_main = engine.rank == 0
+
+        # --- Resume (checked above): the step number is the whole data position ---
+        start_step = 0
+        if resume_from is not None:
+            state = checkpoint.load(engine, resume_from)
+            start_step = int(state["step"])
+            if is_main:
+                log.info("resumed from %s at step %d", resume_from, start_step)
+                if state.get("total_steps") != total_steps:
+                    log.warning("the checkpoint's run had %s steps, this one has %d: the lr schedule changes from "
+                                "here", state.get("total_steps"), total_steps)
+        if is_main:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            (output_dir / "config.yaml").write_text(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False))
+            (output_dir / "run_info.json").write_text(json.dumps({
+                "engine": engine_kind, "world_size": world_size, "accumulation_steps": accumulation,
+                "total_steps": total_steps, "attention_backend": attn_backend, "ds_config": ds_config,
+                "data_sha256": data_sha, "train_packs": len(train_ds)}, indent=2) + "\n")
+
+        seq_len = int(manifest.get("seq_len") or max(len(r["input_ids"]) for r in fetch(train_ds, [0])))
+        throughput = Throughput(flops_per_token(engine.model.config, seq_len), peak_flops(engine.device), world_size)
+        metrics = MetricsLogger(str(output_dir), cfg.report_to, is_main, total_steps, resume_step=start_step)
+        stop = StopRequest(is_main)
+        trainer_state = {**run_facts, "total_steps": total_steps}
+        losses: dict[int, float] = {}
+        bad_in_a_row = 0
+        bad_total = int(state.get("bad_steps", 0)) if resume_from is not None else 0
+        last_saved = start_step if resume_from is not None else -1
+        val_loss = None
+
+        # --- The loop ---
+        step = start_step
         while step < total_steps:
             t0 = time.perf_counter()
             lr = lr_at(step, total_steps, cfg)
@@ -236,11 +270,15 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 checkpoint.save(engine, output_dir, step, {**trainer_state, "bad_steps": bad_total}, cfg.keep_last)
                 last_saved = step
             if stopping:
+                # A rank stopped by a peer's signal reports SIGTERM: what a launcher stopping the job would send.
+                signum = stop.signum or signal.SIGTERM
+                saved = checkpoint.latest_checkpoint(output_dir)
                 if is_main:
-                    log.warning("stop requested (SIGTERM/SIGUSR1): checkpoint saved at step %d; run again with "
-                                "resume=auto to continue", step)
-                return {"step": step, "losses": losses, "bad_steps": bad_total, "stopped": True,
-                        "checkpoint": str(checkpoint.latest_checkpoint(output_dir)), "val_loss": val_loss}
+                    again = "run the same command again" if cfg.resume == "auto" else "run again with resume=auto"
+                    log.warning("%s: stopped at step %d with a checkpoint (%s); %s to continue",
+                                signal.Signals(signum).name, step, saved, again)
+                return {"step": step, "losses": losses, "bad_steps": bad_total, "stopped": True, "signal": signum,
+                        "already_trained": False, "checkpoint": str(saved), "val_loss": val_loss}
 
         # --- End: final validation, checkpoint (if the loop did not just write it), export ---
         if val_ds is not None:
@@ -250,13 +288,22 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             checkpoint.save(engine, output_dir, step, {**trainer_state, "bad_steps": bad_total}, cfg.keep_last)
         if cfg.export:
             export(engine, cfg, tokenizer, output_dir / "final", {
-                "config": dataclasses.asdict(cfg), "steps": step, "data_manifest_sha256": manifest_sha,
+                "config": dataclasses.asdict(cfg), "steps": step, "data_sha256": data_sha,
                 "attention_backend": attn_backend})
     finally:
-        stop.restore()
-        metrics.close()
-    return {"step": step, "losses": losses, "bad_steps": bad_total, "stopped": False,
-            "checkpoint": str(checkpoint.latest_checkpoint(output_dir)), "val_loss": val_loss}
+        if stop is not None:
+            stop.restore()
+        if metrics is not None:
+            metrics.close()
+        shutdown_distributed()
+    return {"step": step, "losses": losses, "bad_steps": bad_total, "stopped": False, "signal": None,
+            "already_trained": False, "checkpoint": str(checkpoint.latest_checkpoint(output_dir)), "val_loss": val_loss}
+
+
+def _exported_step(final_dir: Path) -> int | None:
+    """The step of the export in `final_dir` (its trajtune.json), or None when there is none."""
+    info = final_dir / "trajtune.json"
+    return json.loads(info.read_text()).get("steps") if info.is_file() else None
 
 
 def export(engine: Any, cfg: TrainConfig, tokenizer: Any, out_dir: Path, info: dict[str, Any]) -> None:

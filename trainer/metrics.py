@@ -10,6 +10,7 @@ dropped from metrics.jsonl, because the resumed run logs those steps again.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -162,7 +163,13 @@ class MetricsLogger:
         if self._bar is not None:
             self._bar.update(max(0, step - self._bar.n))
             shown = {k: values[k] for k in _BAR_KEYS if k in values}
-            self._bar.set_postfix({k: (f"{v:.3g}" if k != "mfu" else f"{100 * v:.1f}%") for k, v in shown.items()})
+            if shown:
+                self._bar.set_postfix({k: (f"{v:.3g}" if k != "mfu" else f"{100 * v:.1f}%") for k, v in shown.items()})
+            if self._bar.n >= self._bar.total:
+                # Closed at the last step: left open, what prints after it (export, its progress bar) would break
+                # the line and close() would draw the bar a second time below.
+                self._bar.close()
+                self._bar = None
 
     def close(self) -> None:
         """Flush and close everything; write loss_curve.png (train loss, and val_loss where logged)."""
@@ -181,7 +188,15 @@ class MetricsLogger:
         import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        # Matplotlib's first use on a machine builds a font cache and logs it ("generated new fontManager", and a
+        # warning when that takes long); our plot needs no font choice, so that is noise here.
+        font_log = logging.getLogger("matplotlib.font_manager")
+        level = font_log.level
+        font_log.setLevel(logging.ERROR)
+        try:
+            import matplotlib.pyplot as plt
+        finally:
+            font_log.setLevel(level)
 
         fig, ax = plt.subplots(figsize=(7, 4))
         for key, label in (("loss", "train loss"), ("val_loss", "validation loss")):

@@ -7,7 +7,7 @@
 
 `tasks` prints one task per line: `{id, env, split, instruction, meta}`, and `gold` only with `--with-gold` (it is
 what the reward compares against; a policy must never see it). `run` resets the task and prints JSON lines: first
-`{"reset": [messages]}`, then per tool call `{"call", "observation"}`, per final reply `{"answer", "next"}` (the
+`{"reset": [messages], "tools": [names]}`, then per tool call `{"call", "observation"}`, per final reply `{"answer", "next"}` (the
 next user turn, or null when the episode is over), and last `{"reward", "done"}`. A call is `{"name",
 "arguments"}` or the canonical `{"function": {...}}`; `--call` may repeat; `--calls FILE` holds one call per line,
 where a line `{"answer": TEXT}` is a final reply (so a whole multi-turn episode can be scripted); `--answer TEXT`
@@ -107,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
             raise TrajtuneError(f"no task {args.task!r} in --env {args.env}"
                                 + (f" --tasks {args.tasks}" if args.tasks else f" (generated, --seed {args.seed})")
                                 + f"; list the ids with `trajtune env tasks --env {args.env}`")
-        _print({"reset": env.reset(task, seed=args.seed)})
+        _print({"reset": env.reset(task, seed=args.seed), "tools": [t["function"]["name"] for t in env.tools()]})
         for kind, action in actions:
             if kind == "call":
                 _print({"call": action, "observation": env.step(action)})

@@ -42,7 +42,8 @@ def test_env_run_prints_each_observation_then_the_reward(capsys):
     assert main(["env", "run", "--env", "sql", "--tasks", DEV, "--task", "dev-3", "--call", '{"name": "nope"}',
                  "--call", query, "--call", commit("26")]) == 0
     out = lines(capsys)
-    assert [list(o) for o in out] == [["reset"], ["call", "observation"], ["call", "observation"],
+    assert out[0]["tools"] == ["execute_sql", "commit_final_answer"]
+    assert [list(o) for o in out] == [["reset", "tools"], ["call", "observation"], ["call", "observation"],
                                       ["call", "observation"], ["reward", "done"]]
     assert json.loads(out[1]["observation"]["content"])["error"]["type"] == "unknown_tool"
     assert out[2]["observation"]["content"] == "[('26',)]" and out[-1]["reward"] == 1.0

@@ -185,6 +185,7 @@ def test_bad_calls_return_error_observations_and_the_next_call_works(gen_env):
     assert "not authorized" in error(call("execute_sql", query="ATTACH DATABASE '/tmp/x.db' AS x"))[1]
     endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT max(x) FROM c"
     assert "VM steps" in error(call("execute_sql", query=endless))[1]
+    assert "too big" in error(call("execute_sql", query="SELECT length(randomblob(100000000))"))[1]
     assert gen_env.step(call("execute_sql", query=f"SELECT COUNT(*) > 0 FROM {table}"))["content"] == "[(1,)]"
     answers = task["gold"]["answers"]
     gen_env.step(call("commit_final_answer", answers=answers))

@@ -18,6 +18,7 @@ object per line, as `trajtune env tasks --env apis --with-gold` prints them.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -156,7 +157,7 @@ class ApisEnv(Environment):
 
     def tools(self) -> list[Tool]:
         assert self.task is not None, "reset first"
-        return [SCHEMAS[name] for name in SPLIT_TOOLS[self.task["split"]]]  # type: ignore[misc]
+        return [copy.deepcopy(SCHEMAS[name]) for name in SPLIT_TOOLS[self.task["split"]]]  # type: ignore[misc]
 
     def reset(self, task: Task, seed: int = 0) -> list[Message]:
         self.task, self.done = task, False

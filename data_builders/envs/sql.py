@@ -19,6 +19,7 @@ queries do not run in SQLite and 8 of the other 12 do not reproduce the label; t
 from __future__ import annotations
 
 import ast
+import copy
 import json
 import sqlite3
 from pathlib import Path
@@ -159,7 +160,7 @@ class SqlEnv(Environment):
         return tasks if n is None else tasks[:n]
 
     def tools(self) -> list[Tool]:
-        return TOOLS
+        return copy.deepcopy(TOOLS)  # a caller may normalise its copy in place
 
     def reset(self, task: Task, seed: int = 0) -> list[Message]:
         self.close()

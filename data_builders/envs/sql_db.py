@@ -3,8 +3,8 @@
 A database is built in memory from tables in AgentBench's shape, `{"table_name", "table_info": {"columns":
 [{"name", "type"}], "rows": [[...]]}}`. As AgentBench's MySQL setup does, every column is TEXT unless the table says
 `"typed": true` (the generator's own tables, whose numbers must compare as numbers). A connection refuses ATTACH
-(which would write files) and stops a statement after a fixed number of SQLite VM steps, so a runaway query ends
-the same way on every machine.
+(which would write files), caps strings and blobs at 1 MB, and stops a statement after a fixed number of SQLite VM
+steps, so a runaway query ends the same way on every machine.
 
 Grading (AgentBench `DBResultProcessor`):
 - SELECT: the committed answers and the label are cleaned alike (quotes stripped; a trailing `%` dropped; thousands
@@ -27,6 +27,8 @@ RESULT_CAP = 800
 TRUNCATED = "[TRUNCATED]"
 # Rows fetched at most per query: past RESULT_CAP characters nobody reads them anyway.
 MAX_ROWS = 1000
+# The longest string or blob a statement may make (randomblob(1e9) would take a gigabyte otherwise).
+MAX_LENGTH = 1_000_000
 # SQLite VM steps a statement may take (progress handler, checked every 1000 steps): ~1 s of work, but counted in
 # steps, not seconds, so the limit is the same on every machine.
 VM_STEPS = 20_000_000
@@ -42,7 +44,10 @@ def quote(name: str) -> str:
 
 def open_database(tables: list[dict[str, Any]]) -> sqlite3.Connection:
     """A fresh in-memory database holding `tables`, in autocommit mode, ATTACH refused, VM steps bounded."""
+    # check_same_thread=False: a rollout may run a step in a worker thread to time it out.
     con = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    if hasattr(con, "setlimit"):  # Python >= 3.11
+        con.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, MAX_LENGTH)
     for table in tables:
         info = table["table_info"]
         typed = table.get("typed", False)

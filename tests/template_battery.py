@@ -9,7 +9,8 @@ trained, without trusting the renderer's own account of its spans:
 - `correct`: every marker of every trained assistant message is trained (its text, reasoning, call names and
   argument values); no other marker is; each trained run ends with an end-of-turn token and has nothing after the
   first one (harmony's `<|end|>` between two messages of one generation excepted); no run starts with the
-  generation header.
+  generation header; and where the template writes tool calls itself, the trained calls are written its way
+  (each name and argument value in the same context as in `apply_chat_template`'s own render).
 - `wrong`: a mask was returned and one of those fails. The class that must be empty.
 - `declined`: `render_with_mask` raised a TrajtuneError (RenderError: `.reason`); the reason is recorded.
 - `crashed`: it raised anything else (a bug: bad input must be a TrajtuneError).
@@ -25,6 +26,7 @@ model's bos/eos and turn tokens where those differ from the bare tokenizer's gue
 from __future__ import annotations
 
 import copy
+import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -197,6 +199,57 @@ def check_runs(runs: list[str], must: set[str], never: set[str], eos: str | None
     return ""
 
 
+def native_render(tokenizer, record: dict) -> str | None:
+    """The record rendered by the template itself (apply_chat_template, no trajtune shaping), or None when no form of
+    it renders every call: arguments as a dict or a JSON string, a call-only turn's content "" or None."""
+    # Argument values, not names: a template that ignores tool_calls still names every tool in its tool list.
+    values = [str(v) for m in record["messages"] for c in m.get("tool_calls") or [] for v in c["function"]["arguments"].values()]
+    for as_string, content in ((False, ""), (False, None), (True, ""), (True, None)):
+        msgs = []
+        for m in record["messages"]:
+            m = {k: v for k, v in m.items() if k != "loss"}
+            if m.get("tool_calls"):
+                m["content"] = m.get("content") or content
+                m["tool_calls"] = [{**c, "function": {**c["function"], "arguments": json.dumps(c["function"]["arguments"])
+                                                      if as_string else c["function"]["arguments"]}} for c in m["tool_calls"]]
+            msgs.append(m)
+        try:
+            text = tokenizer.apply_chat_template(msgs, tools=record.get("tools") or None, tokenize=False)
+        except Exception:  # this form is not the template's: try the next
+            continue
+        if all(v in text for v in values):
+            return text
+    return None
+
+
+def check_call_syntax(runs: list[str], record: dict, native: str | None) -> str:
+    """"" unless the template writes tool calls itself (`native`) and a trained call is written another way: each
+    call name and argument value in the trained text must sit in the same few characters of context as in the
+    template's own render (Qwen3-Coder writes `<function=NAME>`, GLM-4.5 `<arg_value>V`: training JSON instead
+    teaches the model a syntax it was never taught to emit)."""
+    if native is None:
+        return ""
+    pieces = [x for m in record["messages"] if message_trained_call(m) for c in m["tool_calls"]
+              for x in (c["function"]["name"], *map(str, c["function"]["arguments"].values()))]
+    for r in runs:
+        for piece in pieces:
+            i = r.find(piece)
+            if i < 0:
+                continue
+            left, right = r[max(0, i - 6):i + len(piece)], r[i:i + len(piece) + 3]
+            if left not in native or right not in native:
+                j = native.rfind(piece)  # the last one: the call, not the tool list
+                return (f"call trained as {r[max(0, i - 12):i + len(piece) + 4]!r}; the template writes "
+                        f"{native[max(0, j - 12):j + len(piece) + 4]!r}")
+    return ""
+
+
+def message_trained_call(m: dict) -> bool:
+    from trajtune.data_builders.trajectory import message_trained
+
+    return m["role"] == "assistant" and bool(m.get("tool_calls")) and message_trained(m)
+
+
 def grade(template_name: str, shape: str, tokenizer, header: str | None = None, mode: str = "bare") -> Cell:
     """Render shape `shape` with `tokenizer` (its chat_template) through `render_with_mask` and grade the mask."""
     from trajtune.data_builders.errors import TrajtuneError
@@ -213,6 +266,8 @@ def grade(template_name: str, shape: str, tokenizer, header: str | None = None, 
     runs = trained_runs(tokenizer, r.input_ids, r.loss_mask)
     header = generation_header(tokenizer) if header is None else header
     problem = check_runs(runs, must, never, tokenizer.eos_token, header)
+    if not problem and any(m.get("tool_calls") for m in record["messages"]):
+        problem = check_call_syntax(runs, record, native_render(tokenizer, record))
     lost = sorted(m for m in never if m not in r.text and not m.startswith("DESCX"))
     return Cell(template_name, shape, mode, "wrong" if problem else "correct", problem, lost=lost, trained=runs)
 

@@ -52,8 +52,8 @@ BASELINE = {
     gemma-3-it                           -------
     gemma-7b-it                          -------
     glm-4-9b-chat                        ccccc-c
-    glm-4.5                              ccccc-c
-    glm-5.1                              -cc-c-c
+    glm-4.5                              cwwwc-w
+    glm-5.1                              -ww-c-w
     gpt-oss-120b                         ----w--
     granite-3.0-8b-instruct              ccccc-c
     granite-3.2-8b-instruct              ccccc-c
@@ -99,9 +99,9 @@ BASELINE = {
     qwen2.5-instruct                     ccccc-c
     qwen2.5-vl-7b-instruct               c---c--
     qwen3                                ccccc-c
-    qwen3-coder-30b-a3b-instruct         ccccc-c
+    qwen3-coder-30b-a3b-instruct         cwwwc-w
     qwen3-instruct-2507                  ccccc-c
-    qwen3.5-4b                           -cc-c-c
+    qwen3.5-4b                           -ww-c-w
     qwq-32b                              -------
     smollm2-135m-instruct                c---c--
     smollm3-3b                           ccccc-c
@@ -128,14 +128,21 @@ BASELINE = {
     """,
 }
 
-# Wrong masks today, each with its cause (issue 12, class 1: a stop token the template never rendered is appended).
+# Wrong masks today, each with its cause. Class 1 of issue 12: a stop token the template never rendered is appended.
+_EOS = "eos <eos> is appended after <end_of_turn>\\n; both trained"
+# The profile takes only JSON arguments for native calls, so these templates fall back to the hermes text syntax
+# (`<tool_call>` is in them) and train JSON calls the model never writes.
+_XML = "the template writes <function=NAME><parameter=K>V natively; hermes JSON is trained instead"
+_GLM = "the template writes <tool_call>NAME<arg_key>K</arg_key><arg_value>V natively; hermes JSON is trained instead"
 KNOWN_WRONG = {
-    ("model", "gemma-2-2b-it", "loss_false"): "eos <eos> is appended after <end_of_turn>\\n; both trained",
-    ("model", "gemma-3-1b-it", "loss_false"): "eos <eos> is appended after <end_of_turn>\\n; both trained",
-    ("model", "gemma-3-it", "loss_false"): "eos <eos> is appended after <end_of_turn>\\n; both trained",
-    ("model", "gemma-7b-it", "loss_false"): "eos <eos> is appended after <end_of_turn>\\n; both trained",
+    **{("model", t, "loss_false"): _EOS for t in ("gemma-2-2b-it", "gemma-3-1b-it", "gemma-3-it", "gemma-7b-it")},
     ("bare", "bytedance-seed-oss-36b-instruct", "loss_false"): "<seed:eos> is no STOP_TOKEN: guessed eos </s> appended",
     ("bare", "gpt-oss-120b", "loss_false"): "<|return|> is no STOP_TOKEN: guessed eos <|end|> appended after it",
+    **{("bare", "qwen3-coder-30b-a3b-instruct", s): _XML for s in ("single_call", "parallel_calls", "second_round",
+                                                                    "content_and_call")},
+    **{("bare", "qwen3.5-4b", s): _XML for s in ("single_call", "parallel_calls", "content_and_call")},
+    **{("bare", "glm-4.5", s): _GLM for s in ("single_call", "parallel_calls", "second_round", "content_and_call")},
+    **{("bare", "glm-5.1", s): _GLM for s in ("single_call", "parallel_calls", "content_and_call")},
 }
 
 
@@ -214,6 +221,16 @@ def test_checker_names_each_kind_of_wrong_mask(runs, problem):
     got = tb.check_runs(runs, {"ASTX1"} | ({"RSNX1"} if "RSNX1" in "".join(runs) else set()), {"USRX1"}, None,
                         "<|im_start|>assistant\n")
     assert (got == "") if not problem else (problem in got), got
+
+
+def test_checker_refuses_calls_in_a_syntax_the_template_does_not_write():
+    record = tb.shape_record("single_call")
+    native = '<tool_call>\n<function=lookup_fnx1>\n<parameter=query>\nARGX1\n</parameter>\n</function>\n</tool_call>'
+    same = [native + "<|im_end|>", "ASTX3 here you go.<|im_end|>"]
+    assert tb.check_call_syntax(same, record, native) == ""
+    json_call = ['<tool_call>\n{"name": "lookup_fnx1", "arguments": {"query": "ARGX1"}}\n</tool_call><|im_end|>']
+    assert "the template writes" in tb.check_call_syntax(json_call, record, native)
+    assert tb.check_call_syntax(json_call, record, None) == ""  # a template that ignores tool_calls: nothing to check
 
 
 def test_checker_reads_the_mask_from_the_tokens_not_the_spans():

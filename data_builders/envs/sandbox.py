@@ -265,9 +265,10 @@ class Sandbox:
         """Run `command` with bash in `workdir` (bound at /workspace, its cwd). Never raises for what the command
         does; every limit is reported in `Result.limit`."""
         lim = self.limits
-        # sh is the namespace's pid 1 (an init ignores SIGXCPU / SIGXFSZ; bash, its child, is killed by them), and
+        # The root (bwrap's tmpfs) goes read-only last, once every mount point exists: else /etc, / itself would be
+        # writable, in memory, without a size limit. sh is the namespace's pid 1 (an init ignores SIGXCPU / SIGXFSZ; bash, its child, is killed by them), and
         # `; exit $?` stops sh from exec'ing bash in its place.
-        argv = [*self.prefix, "--bind", str(Path(workdir).resolve()), INSIDE, "--chdir", INSIDE,
+        argv = [*self.prefix, "--bind", str(Path(workdir).resolve()), INSIDE, "--remount-ro", "/", "--chdir", INSIDE,
                 "/bin/sh", "-c", '/bin/bash -c "$1"; exit $?', "sh", command]
         start = time.monotonic()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -43,7 +43,7 @@ LIMIT_ERRORS = {"timeout": "timeout", "cpu": "cpu_limit", "file_size": "file_siz
 OPTIONS = {"per_family": int, "wall_s": float, "cpu_s": int, "memory_mb": int, "output_kb": int, "pids": int,
            "file_mb": int, "cgroup_parent": str, "bwrap": str}
 FIXED_MTIME = 1717200000  # 2024-06-01: generated files carry it, so `ls -l` shows the same on every run
-ANSWER_LINE = re.compile(r"^\s*\**answer\**\s*:\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
+ANSWER_LINE = re.compile(r"^\s*\**answer\**\s*:\s*\**\s*(.+?)\s*$", re.IGNORECASE | re.MULTILINE)
 
 
 def final_answer(text: str | None) -> str:
@@ -58,7 +58,7 @@ def final_answer(text: str | None) -> str:
 
 def answer_matches(answer: str, gold: dict[str, Any]) -> bool:
     """`answer` (from the final reply) against gold `{"answer", "match": "int" | "path"}`."""
-    value = answer.strip().strip("`'\"").rstrip(".").strip()
+    value = answer.strip(" `'\"").rstrip(".").strip(" `'\"")  # `notes/a.txt`. -> notes/a.txt
     if gold["match"] == "int":
         found = re.search(r"-?\d+", value.replace(",", ""))
         return found is not None and int(found.group()) == int(gold["answer"])

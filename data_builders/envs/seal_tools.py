@@ -13,8 +13,9 @@ earlier call's output: Seal-Tools numbers every output field of every call in or
   and a plausible value of its type: the same call gives the same result on every run.
 - Reward: 1.0 when the calls accepted match the gold calls (`match_calls`: names and arguments, any order, nothing
   extra), where a nested argument may be the label itself or the value that output had in this episode; else 0.
-- Split: the out-of-domain file is held-out, the rest held-in; a held-in record that calls a tool of a held-out one
-  moves to held-out (6 of dev's 700), so no held-out tool is ever offered in training.
+- Split: the out-of-domain file is held-out, the rest held-in; a held-in record that calls a tool of an
+  out-of-domain one moves to held-out (6 of dev's 700), and those tools are never distractors of a held-in task: no
+  tool of the out-of-domain set is ever offered in training, and every held-out task needs one.
 - Oracle: makes the gold calls in order (the calls are the task's plan, not its answer), independent ones together,
   a nested argument filled from the result it names, then answers from the results. A task whose gold arguments
   break the tool's own schema (8 of dev's: "per month" for a number, a label for an integer id) is `Unsolvable`.
@@ -136,7 +137,11 @@ def by_top_field(catalog: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
 def simulate(spec: dict[str, Any], arguments: dict[str, Any]) -> dict[str, Any]:
     """A plausible result for a call: every declared output field, a value of its type, from a hash of the call."""
     key = json.dumps([spec["api_name"], arguments], sort_keys=True, ensure_ascii=False, default=str)
-    context = next((v for v in arguments.values() if isinstance(v, str) and v.strip()), spec["api_name"])[:40]
+    # The first string argument in the tool's declared order: the arguments' own order must not matter.
+    declared = list(spec.get("parameters") or {})
+    order = [k for k in declared if k in arguments] + sorted(set(arguments) - set(declared))
+    context = next((arguments[k] for k in order if isinstance(arguments[k], str) and arguments[k].strip()),
+                   spec["api_name"])[:40]
     out: dict[str, Any] = {}
     for name, field in (spec.get("responses") or {}).items():
         x = int.from_bytes(hashlib.sha256(f"{key}|{name}".encode()).digest()[:8], "big")

@@ -11,15 +11,25 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from trajtune.data_builders.envs import make_env
-from trajtune.data_builders.envs.sandbox import cgroup_pids, check, make_pids_cgroup, pids_cgroup_parent, remove_cgroup
+from trajtune.data_builders.envs.sandbox import (
+    Limits,
+    cgroup_pids,
+    check,
+    make_pids_cgroup,
+    pids_cgroup_parent,
+    remove_cgroup,
+    run_sandboxed,
+)
 from trajtune.data_builders.errors import TrajtuneError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -183,6 +193,18 @@ def test_no_nested_user_namespaces(env):
     out = bash(env, "unshare -U true || echo refused")
     assert "refused" in out
     assert_next_call_works(env)
+
+
+def test_run_sandboxed_reads_at_most_the_cap(guard):
+    workdir = Path(tempfile.mkdtemp(prefix="trajtune-test-"))
+    try:
+        done = run_sandboxed("echo hi > f && cat f && echo oops >&2; exit 4", workdir)
+        assert (done.exit_code, done.output, done.limit) == (4, "hi\noops\n", None)
+        assert (workdir / "f").read_text() == "hi\n"
+        capped = run_sandboxed("yes", workdir, Limits(output_bytes=1000))
+        assert (capped.exit_code, capped.limit, capped.output) == (None, "output", "y\n" * 500)
+    finally:
+        shutil.rmtree(workdir)
 
 
 def test_an_unavailable_sandbox_is_refused_with_the_reason(guard):

@@ -28,6 +28,7 @@ import selectors
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import weakref
 from dataclasses import dataclass
@@ -239,8 +240,7 @@ class Sandbox:
         self._probe()
 
     def _probe(self) -> None:
-        probe = Path(f"/tmp/trajtune-sandbox-probe-{os.getpid()}-{next(_names)}")
-        probe.mkdir(mode=0o700)
+        probe = Path(tempfile.mkdtemp(prefix="trajtune-sandbox-probe-"))
         try:
             self.adopt(probe)
             result = self.run("echo ok", probe)
@@ -250,7 +250,8 @@ class Sandbox:
             self.close()
             raise SandboxUnavailable(f"bubblewrap cannot start a sandbox here (exit {result.exit_code}): "
                                      f"{result.output.strip()[:500]} -- it needs unprivileged user namespaces "
-                                     "(sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0)")
+                                     "(sysctl kernel.unprivileged_userns_clone=1, user.max_user_namespaces > 0) "
+                                     f"and, as root, a TMPDIR that uid {NOBODY} can reach")
 
     def adopt(self, path: str | Path) -> None:
         """Give `path` (recursively) to the sandbox's uid, so the command may write there (a no-op unless root)."""
@@ -323,20 +324,27 @@ class Sandbox:
 
 
 def run_sandboxed(command: str, workdir: str | Path, limits: Limits | None = None) -> Result:
-    """One command in a one-off Sandbox (eval and serve reuse this; a loop of calls should keep a Sandbox)."""
+    """One command in a one-off Sandbox (eval and serve reuse this; a loop of calls should keep a Sandbox).
+    As root, `workdir` is first given to uid 65534 (`Sandbox.adopt`), and its parents must let that uid through."""
     with Sandbox(limits) as box:
+        box.adopt(workdir)
         return box.run(command, workdir)
 
 
-def measure_overhead(n: int = 50, workdir: str | Path = "/tmp") -> dict[str, float]:
+def measure_overhead(n: int = 50) -> dict[str, float]:
     """Mean wall milliseconds per call of `true` in a kept Sandbox vs a plain `subprocess.run(['sh', '-c', 'true'])`
-    (bench/synth.py prints these). `workdir` must be writable by the sandbox's uid or at least visible to it."""
-    with Sandbox() as box:
-        box.run("true", workdir)  # warm the page cache
-        start = time.perf_counter()
-        for _ in range(n):
-            box.run("true", workdir)
-        sandbox_ms = (time.perf_counter() - start) * 1000 / n
+    (bench/synth.py prints these): `{"sandbox_ms", "plain_ms", "overhead_ms", "calls"}`."""
+    workdir = Path(tempfile.mkdtemp(prefix="trajtune-sandbox-bench-"))
+    try:
+        with Sandbox() as box:
+            box.adopt(workdir)
+            box.run("true", workdir)  # warm the page cache
+            start = time.perf_counter()
+            for _ in range(n):
+                box.run("true", workdir)
+            sandbox_ms = (time.perf_counter() - start) * 1000 / n
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
     start = time.perf_counter()
     for _ in range(n):
         subprocess.run(["sh", "-c", "true"], check=True)

@@ -104,7 +104,8 @@ def test_wrong_missing_and_extra_calls_score_zero(env):
 
 def test_bad_calls_are_error_observations(env):
     env.reset(task_by_id(env, "test_in_domain-easy-1"))  # calculateNetIncome(revenue: number, expenses: number)
-    for c, kind in [(call("nope", {}), "unknown_tool"), (call("calculateNetIncome", {"revenue": "a lot"}), "bad_arguments"),
+    for c, kind in [(call("nope", {}), "unknown_tool"),
+                    (call("calculateNetIncome", {"revenue": "a lot"}), "bad_arguments"),
                     (call("calculateNetIncome", {"revenue": 1, "expenses": 2, "tax": 3}), "bad_arguments"),
                     (call("calculateNetIncome", "{oops"), "bad_arguments")]:
         assert json.loads(env.step(c)["content"])["error"]["type"] == kind

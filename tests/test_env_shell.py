@@ -96,7 +96,8 @@ def test_same_task_same_observations(env):
     seen = []
     for _ in range(2):
         env.reset(task)
-        seen.append([bash(env, c) for c in ("ls -lR --time-style=full-iso", "head -n 3 logs/app.log", "wc -c logs/app.log")])
+        commands = ("ls -lR --time-style=full-iso", "head -n 3 logs/app.log", "wc -c logs/app.log")
+        seen.append([bash(env, c) for c in commands])
     assert seen[0] == seen[1]
 
 

@@ -1,8 +1,8 @@
 """Run one shell command in a bubblewrap sandbox: `run_sandboxed(command, workdir, limits) -> Result`.
 
 What the command sees and may do (each pinned by tests/test_sandbox.py):
-- Its own namespaces (`--unshare-all`): no network (a private, empty net namespace), its own pids, hostname, IPC;
-  no nested user namespaces (`--disable-userns`).
+- Its own namespaces (`--unshare-all`): no network (a private net namespace: its own loopback, nothing else), its
+  own pids, hostname, IPC; no nested user namespaces (`--disable-userns`).
 - Files: `workdir` (bound at /workspace, the only writable host path), /usr and the /bin, /lib* links read-only, a
   minimal /etc (passwd, group, ld.so.cache, alternatives, ...), a fresh /proc, a read-only /dev holding only
   null/zero/full/random/urandom/tty, and a small private tmpfs /tmp. Nothing else of the host: no /root, no /home,
@@ -145,8 +145,8 @@ def remove_cgroup(path: Path) -> None:
 
 def fixed_args(bwrap: str, limits: Limits) -> list[str]:
     """The bwrap command line up to the workdir bind: namespaces, system dirs, /etc, /dev, /proc, /tmp."""
-    args = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session", "--as-pid-1",
-            "--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
+    args = [bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
+            "--as-pid-1", "--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
     for top in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         path = Path("/") / top
         if path.is_symlink():
@@ -212,7 +212,8 @@ class Sandbox:
     (no bwrap, no user namespaces, no pids cgroup): checked by a real call at construction.
 
     >>> with Sandbox() as box:
-    ...     box.run("echo hi > x && cat x", "/tmp/task").output
+    ...     box.adopt(task_dir)  # as root: the command runs as uid 65534
+    ...     box.run("echo hi > x && cat x", task_dir).output
     'hi\\n'
     """
 
@@ -266,9 +267,9 @@ class Sandbox:
         """Run `command` with bash in `workdir` (bound at /workspace, its cwd). Never raises for what the command
         does; every limit is reported in `Result.limit`."""
         lim = self.limits
-        # The root (bwrap's tmpfs) goes read-only last, once every mount point exists: else /etc, / itself would be
-        # writable, in memory, without a size limit. sh is the namespace's pid 1 (an init ignores SIGXCPU / SIGXFSZ; bash, its child, is killed by them), and
-        # `; exit $?` stops sh from exec'ing bash in its place.
+        # The root (bwrap's tmpfs) goes read-only last, once every mount point exists: else /etc and / itself would
+        # be writable, in memory, with no size limit. sh is the namespace's pid 1 (an init ignores SIGXCPU and
+        # SIGXFSZ; bash, its child, dies of them), and `; exit $?` stops sh from exec'ing bash in its place.
         argv = [*self.prefix, "--bind", str(Path(workdir).resolve()), INSIDE, "--remount-ro", "/", "--chdir", INSIDE,
                 "/bin/sh", "-c", '/bin/bash -c "$1"; exit $?', "sh", command]
         start = time.monotonic()
@@ -276,6 +277,11 @@ class Sandbox:
                                 start_new_session=True)
         try:
             output, limit = read_capped(proc, start + lim.wall_s, lim.output_bytes)
+            if limit is None:  # its output closed (`exec >&-`), yet it may still run
+                try:
+                    proc.wait(timeout=max(0.0, start + lim.wall_s - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    limit = "timeout"
         finally:
             if proc.poll() is None:
                 self._stop(proc)

@@ -333,7 +333,8 @@ class SealToolsEnv(Environment):
             if "error" in result:
                 raise Unsolvable(f"gold call {gold[i]['name']} was refused: {result['error'].get('message')}")
             spec = self.catalog[gold[i]["name"]]
-            values.update({label: result.get(field) for label, field in output_labels(spec, gold[i]["outputs"]).items()})
+            labels = output_labels(spec, gold[i]["outputs"])
+            values.update({label: result.get(field) for label, field in labels.items()})
         batch = []
         for i in range(len(sent), len(gold)):
             labels = [x for v in gold[i]["arguments"].values() if isinstance(v, str) for x in LABEL.findall(v)]

@@ -145,7 +145,8 @@ def replace_word(rng: random.Random) -> Case:
     ask = rng.choice([f"In config/app.ini, replace every occurrence of {old} with {new}. Change nothing else.",
                       f"Edit config/app.ini so that each {old} becomes {new}; leave the rest of the file as it is."])
     return Case({"config/app.ini": before, "config/README": f"settings; do not edit\n{old}\n"}, ask,
-                {"files": {"config/app.ini": before.replace(old, new), "config/README": f"settings; do not edit\n{old}\n"}},
+                {"files": {"config/app.ini": before.replace(old, new),
+                           "config/README": f"settings; do not edit\n{old}\n"}},
                 [("Let me see the file first.", "cat config/app.ini"),
                  (f"sed replaces every {old} in place.", f"sed -i 's/{old}/{new}/g' config/app.ini"),
                  ("Check the result.", f"grep -c '{old}' config/app.ini; grep -c '{new}' config/app.ini")],
@@ -224,7 +225,8 @@ def sort_lines(rng: random.Random) -> Case:
     names = pick(rng, NAMES, rng.randint(5, 15))
     text = "\n".join(names) + "\n"
     ask = rng.choice(["Write the lines of names.txt, sorted alphabetically, to sorted.txt (keep names.txt as is).",
-                      "Create sorted.txt holding the names of names.txt in alphabetical order; don't modify names.txt."])
+                      "Create sorted.txt holding the names of names.txt in alphabetical order; "
+                      "don't modify names.txt."])
     return Case({"names.txt": text}, ask, {"files": {"names.txt": text, "sorted.txt": "\n".join(sorted(names)) + "\n"}},
                 [("Sort into a new file.", "sort names.txt > sorted.txt"), ("Check it.", "head -n 3 sorted.txt")],
                 None, "sorted.txt holds the sorted names.")

@@ -23,7 +23,8 @@ setup(
     version="0.1.0",
     description="Turn open LLMs into tool-calling agents: convert, render, build, train, evaluate.",
     python_requires=">=3.10",
-    packages=["trajtune"] + [f"trajtune.{p}" for p in SUBPACKAGES] + ["trajtune.data_builders.converters"],
+    packages=["trajtune"] + [f"trajtune.{p}" for p in SUBPACKAGES] + ["trajtune.data_builders.converters",
+                                                                      "trajtune.data_builders.envs", "trajtune.data_builders.agents"],
     package_dir={"trajtune": "."} | {f"trajtune.{p}": p for p in SUBPACKAGES},
     package_data={"trajtune": ["ds_configs/*.json"], "trajtune.data_builders": ["prompt_formats/*.jinja"]},
     cmdclass={"build_py": BuildPy},
@@ -47,7 +48,8 @@ setup(
     extras_require={
         "gpu": ["flash-attn>=2.6", "liger-kernel"],
         "serve": ["fastapi", "uvicorn"],
-        "dev": ["pytest", "ruff", "hypothesis", "build", "trl"],
+        "agents": ["openai>=1.40"],  # the openai: policy (any OpenAI-compatible endpoint)
+        "dev": ["pytest", "ruff", "hypothesis", "build", "trl", "openai>=1.40"],
     },
     entry_points={"console_scripts": ["trajtune=trajtune.launcher.cli:main"]},
 )

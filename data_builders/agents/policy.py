@@ -35,8 +35,8 @@ POLICY_KINDS = {
     "random": "random tools with schema-sampled arguments, or a short random answer (options: seed, answer_prob)",
     "openai:<base_url>": "an OpenAI-compatible endpoint (options: served_model, api_key_env, temperature, "
                          "max_tokens, timeout, retries)",
-    "hf:<path>": "a local model through the generation engine (options: prompt_format, dtype, device, and the "
-                 "generation options of engine.GenerationOptions)",
+    "hf:<path>": "a local model through the generation engine (options: prompt_format, dtype, device, "
+                 "logits_processor, and the generation options of engine.GenerationOptions)",
 }
 
 
@@ -179,20 +179,21 @@ def sample_value(schema: Any, rng: random.Random, depth: int = 0) -> Any:
 class HFPolicy(Policy):
     """A local model: each `act_batch` is one batched generation of the engine (left padding, KV cache)."""
 
-    def __init__(self, path: str, **options: Any) -> None:
+    def __init__(self, path: str, logits_processor: list | None = None, **options: Any) -> None:
         from .engine import Engine, GenerationOptions
 
         engine_keys = {"prompt_format", "dtype", "device"}
         self.engine = Engine(path, **{k: v for k, v in options.items() if k in engine_keys})
         self.options = GenerationOptions.of({k: v for k, v in options.items() if k not in engine_keys},
                                             f"hf:{path}")
+        self.logits_processor = logits_processor  # applied to every generation (e.g. grammar-constrained calls)
         self.name = f"hf:{path}"
 
     def act(self, messages: list[Message], tools: list[Tool]) -> Message:
         return self.act_batch([(messages, tools)])[0]
 
     def act_batch(self, items: list[tuple[list[Message], list[Tool]]]) -> list[Message]:
-        return self.engine.chat(items, self.options)
+        return self.engine.chat(items, self.options, self.logits_processor)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -223,6 +224,7 @@ def make_policy(spec: str, env: Any = None, **options: Any) -> Policy:
     if kind == "hf" and target:
         from .engine import ENGINE_OPTIONS, GenerationOptions
 
-        return HFPolicy(target, **_options(spec, options, set(ENGINE_OPTIONS) | GenerationOptions.keys()))
+        return HFPolicy(target, **_options(spec, options, {*ENGINE_OPTIONS, "logits_processor",
+                                                           *GenerationOptions.keys()}))
     raise TrajtuneError(f"unknown policy {spec!r}; choose one of: "
                         + "; ".join(f"{k} ({v})" for k, v in POLICY_KINDS.items()))

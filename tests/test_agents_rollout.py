@@ -68,7 +68,7 @@ class LookupEnv(Environment):
         except InvalidRecord as e:
             return tool_error(call, "bad_arguments", e.detail)
         if name == "slow":
-            self.release.wait()
+            self.release.wait(10)  # bounded: a rollout that ignored its timeout fails, not hangs
             return tool_message(call, "{}")
         if name == "dump":
             return tool_message(call, "x" * 50_000)

@@ -6,8 +6,8 @@
   exactly as it was trained (`render_with_mask` puts the trained text right after this prompt).
 - `stops` are the template's end-of-turn strings (the renderer's STOP_TOKENS found in it, GLM role tokens, eos;
   `Observation:` for ReAct, so the model does not invent a tool's answer).
-- `syntax` is the tool-call syntax the model was trained to write, measured by rendering a probe call through
-  `render_with_mask` and keeping the first syntax (the profile's own text syntax first) that reads it back.
+- `syntax` is the tool-call syntax the model was trained to write, measured by rendering a probe call the way
+  training does and keeping the first syntax (the profile's own text syntax first) that reads it back.
 - `parse(text, tools)` turns a generation (cut at the first stop) into an assistant message: content and
   canonical tool calls, or the raw text with `parse_error` set (see `policy.PARSE_ERROR`).
 Nothing here imports torch: it is text in, text out, and tested on every fixture template.
@@ -15,16 +15,18 @@ Nothing here imports torch: it is text in, text out, and tested on every fixture
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import TrajtuneError
-from ..render import STOP_TOKENS, RenderError, render_text, render_with_mask, special_kwargs, template_messages
+from ..render import STOP_TOKENS, render_text, special_kwargs, template_messages
 from ..template_profile import TemplateProfile, profile_template
 from ..tokenizer import ROLE_CONCAT_RE
 from ..tool_calls import SYNTAXES, parse_tool_calls
 from ..trajectory import Message, Tool
+from .policy import PARSE_ERROR
 
 # The syntax each built-in prompt format teaches (prompt_formats.py writes calls this way).
 PROMPT_FORMAT_SYNTAX = {"tool-prompt": "json_block", "react": "react", "chatglm3": "chatglm3"}
@@ -71,9 +73,8 @@ class ChatFormat:
             stops.add(tokenizer.eos_token)
         if prompt_format == "react":
             stops.add("Observation:")
-        syntax = _measure_syntax(tokenizer, profile, prompt_format, tuple(stops))
-        return cls(template, special, profile, prompt_format, syntax,
-                   tuple(sorted(stops, key=len, reverse=True)), where)
+        fmt = cls(template, special, profile, prompt_format, None, tuple(sorted(stops, key=len, reverse=True)), where)
+        return dataclasses.replace(fmt, syntax=_measure_syntax(fmt))
 
     def prompt(self, messages: list[Message], tools: list[Tool] | None = None) -> str:
         """The text before the model's next assistant turn: `messages` (canonical) rendered with the generation
@@ -81,6 +82,10 @@ class ChatFormat:
         if tools and self.syntax is None:
             raise TrajtuneError(f"{self.where}: the template's tool calls cannot be read back in any known syntax "
                                 f"({', '.join(SYNTAXES)}); use prompt_format=tool-prompt, react or chatglm3")
+        return self.render(messages, tools, True)
+
+    def render(self, messages: list[Message], tools: list[Tool] | None, generation_prompt: bool) -> str:
+        """`messages` as this template shows them (shaped by `render.template_messages`, as training shapes them)."""
         record: dict[str, Any] = {"tools": list(tools or []), "messages": list(messages)}
         if self.prompt_format is not None:
             from ..prompt_formats import apply_prompt_format
@@ -88,7 +93,7 @@ class ChatFormat:
             record, _ = apply_prompt_format(record, self.prompt_format)  # type: ignore[arg-type]
         msgs, kw_tools = template_messages(record, self.template, self.profile, self.where)  # type: ignore[arg-type]
         try:
-            return render_text(self.template, [m.msg for m in msgs], kw_tools, True, self.special)
+            return render_text(self.template, [m.msg for m in msgs], kw_tools, generation_prompt, self.special)
         except Exception as e:  # jinja's raise_exception: a conversation this template refuses
             raise TrajtuneError(f"{self.where}: the chat template refused the conversation: {type(e).__name__}: "
                                 f"{e}") from None
@@ -102,8 +107,6 @@ class ChatFormat:
         """A generation (already cut at its stop) -> an assistant message. Calls are canonical (arguments are
         objects, ids call_0, ...) and checked against `tools`; text that fails to read as calls comes back whole
         as content, with `parse_error` = {"type", "message"} for the rollout to answer."""
-        from .policy import PARSE_ERROR
-
         text = _EMPTY_THINK.sub("", text, count=1)  # Qwen3's empty <think></think> before an answer says nothing
         if not tools or self.syntax is None:
             return {"role": "assistant", "content": self._answer(text.strip())}
@@ -137,25 +140,24 @@ class ChatFormat:
         return content
 
 
-def _measure_syntax(tokenizer: Any, profile: TemplateProfile, prompt_format: str | None,
-                    stops: tuple[str, ...]) -> str | None:
-    """The call syntax the model was trained to write: render a probe call with `render_with_mask` (the training
-    path), cut its trained text at the first stop, and keep the first syntax that reads back exactly that call."""
-    record = {"tools": _PROBE_TOOLS, "messages": [
-        {"role": "user", "content": "probe question"},
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_0", "type": "function",
-                                                               "function": _PROBE_CALL}]}]}
+def _measure_syntax(fmt: ChatFormat) -> str | None:
+    """The call syntax the model was trained to write: render a probe conversation before and after a call (as
+    training renders it), cut the call's text at the first stop, and keep the first syntax that reads back exactly
+    that call: the prompt format's, the profile's text syntax, then every other."""
+    history: list[Message] = [{"role": "user", "content": "probe question"}]
+    call: Message = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_0", "type": "function", "function": _PROBE_CALL}]}  # type: ignore[typeddict-item]
     try:
-        rendered = render_with_mask(record, tokenizer, prompt_format)  # type: ignore[arg-type]
-    except (RenderError, TrajtuneError):
-        return None  # a template with no tools: only a prompt format lets it call them
-    (start, end), = rendered.trained_spans
-    trained = rendered.text[start:end]
-    cuts = [i for s in stops if (i := trained.find(s)) >= 0]
-    trained = trained[:min(cuts)] if cuts else trained
-    candidates = [PROMPT_FORMAT_SYNTAX.get(prompt_format or ""), profile.text_syntax, *SYNTAXES]
+        prompt = fmt.render(history, _PROBE_TOOLS, True)
+        full = fmt.render(history + [call], _PROBE_TOOLS, False)
+    except TrajtuneError:  # RenderError included: a template with no tools (only a prompt format lets it call)
+        return None
+    if not full.startswith(prompt):
+        return None
+    written = fmt.cut(full[len(prompt):])[0]
+    candidates = [PROMPT_FORMAT_SYNTAX.get(fmt.prompt_format or ""), fmt.profile.text_syntax, *SYNTAXES]
     for syntax in dict.fromkeys(c for c in candidates if c):
-        out = parse_tool_calls(trained, syntax, _PROBE_TOOLS)
+        out = parse_tool_calls(written, syntax, _PROBE_TOOLS)
         if out.error is None and [c["function"] for c in out.calls] == [_PROBE_CALL]:
             return syntax
     return None

@@ -75,6 +75,19 @@ def test_batched_greedy_equals_one_by_one(engine, alone):
         [(g.text, g.completion_tokens, n) for g, n in zip(alone, lengths)]
     assert all(g.finish_reason == "length" and g.completion_tokens == 24 for g in batched)  # random weights
     assert len({g.text for g in batched}) == 3
+    chunked = engine.generate(prompts, GenerationOptions(max_new_tokens=24, batch_size=2))  # 2 + 1, in order
+    assert [g.text for g in chunked] == [g.text for g in alone]
+
+
+def test_sampling_is_seeded(engine, alone):
+    prompts = [engine.format.prompt(c) for c in CONVERSATIONS]
+
+    def sample(seed: int) -> list[str]:
+        return [g.text for g in engine.generate(prompts, GenerationOptions(max_new_tokens=24, temperature=1.5,
+                                                                           seed=seed))]
+
+    first = sample(0)
+    assert sample(0) == first and sample(1) != first and first != [g.text for g in alone]
 
 
 def test_each_row_stops_at_its_own_stop_string(engine, alone):

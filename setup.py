@@ -49,7 +49,8 @@ setup(
     extras_require={
         "gpu": ["flash-attn>=2.6", "liger-kernel"],
         "serve": ["fastapi", "uvicorn"],
-        "dev": ["pytest", "ruff", "hypothesis", "build", "trl"],
+        "agents": ["openai>=1.40"],  # the openai: policy (any OpenAI-compatible endpoint)
+        "dev": ["pytest", "ruff", "hypothesis", "build", "trl", "openai>=1.40"],
     },
     entry_points={"console_scripts": ["trajtune=trajtune.launcher.cli:main"]},
 )

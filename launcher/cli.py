@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("trajtune.launcher.cmd_train", "Train (SFT) on a built dataset: one process, deepspeed or torchrun."),
     "export": ("trajtune.launcher.cmd_export", "Export a checkpoint as a Hugging Face model (safetensors)."),
     "tiny-model": ("trajtune.launcher.cmd_tiny_model", "Write a small random model for a CPU quick start."),
+    "synth": ("trajtune.launcher.cmd_synth", "Synthesize trajectories: a policy acts on an environment's tasks."),
 }
 
 

@@ -208,11 +208,12 @@ class _Worker:
     """What a process holds to run tasks: its own environment and policies, built once."""
 
     def __init__(self, cfg: SynthConfig):
-        from .agents import make_policy
-
         self.cfg = cfg
         self.failed = ""  # set when the env or a policy cannot be built: the run stops with it
         try:
+            from .agents import make_policy, rollout
+
+            self.rollout = rollout
             self.env = make_env(cfg.env, tasks_file=cfg.tasks)
             self.policy = make_policy(cfg.policy, env=self.env)
             self.paraphraser = make_policy(cfg.paraphrase) if cfg.paraphrase else None
@@ -221,15 +222,13 @@ class _Worker:
 
     def run(self, task: Task) -> tuple[str, dict[str, Any]]:
         """("ok", trajectory) | ("unsolvable" | "error", rejection) | ("fatal", {"detail"})."""
-        from .agents import rollout
-
         if self.failed:
             return "fatal", {"detail": self.failed}
         try:
             if self.paraphraser is not None:
                 task = paraphrase(self.paraphraser, task)
-            record = rollout(self.env, self.policy, task, task_seed(self.cfg.seed, task["id"]),
-                             max_turns=self.cfg.max_turns)
+            seed = task_seed(self.cfg.seed, task["id"])
+            record = self.rollout(self.env, self.policy, task, seed, max_turns=self.cfg.max_turns)
         except Unsolvable as e:
             return "unsolvable", self._rejection(task, "unsolvable", unsolvable_reason(e), str(e))
         except Exception as e:  # an env or policy bug, an endpoint down: listed, and retried by a resume
@@ -336,8 +335,9 @@ def _check_resume(out: Path, summary_path: Path, settings: dict[str, Any]) -> No
                             "same settings, or give a new --out")
 
 
-def synthesize(cfg: SynthConfig, log=print) -> dict[str, Any]:
-    """Run (or resume) the synthesis `cfg` describes; return the summary (also written to OUT.summary.json)."""
+def synthesize(cfg: SynthConfig, log=print, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) the synthesis `cfg` describes; return the summary (also written to OUT.summary.json).
+    `progress`: show a bar of tasks done (stderr)."""
     from tqdm.auto import tqdm
 
     started = time.time()
@@ -378,7 +378,7 @@ def synthesize(cfg: SynthConfig, log=print) -> dict[str, Any]:
         solved = 0
         results = _results(cfg, todo)
         try:
-            with tqdm(total=len(todo), desc=f"synth {cfg.env}", unit=" tasks") as bar:
+            with tqdm(total=len(todo), desc=f"synth {cfg.env}", unit=" tasks", disable=not progress) as bar:
                 for kind, payload in results:
                     if kind == "fatal":
                         raise TrajtuneError(f"cannot start the rollouts (env {cfg.env}, policy {cfg.policy}): "
@@ -398,7 +398,7 @@ def synthesize(cfg: SynthConfig, log=print) -> dict[str, Any]:
     seconds = time.time() - started
     summary = {"settings": settings, "complete": True, "out": str(out), "rejects": str(rejects),
                **summarize(out, rejects, {t["id"] for t in tasks}, log),
-               "ran": len(todo), "seconds": round(seconds, 2), "tasks_per_second": round(len(todo) / seconds, 2)}
+               "ran": len(todo), "seconds": round(seconds, 2), "tasks_per_second": round(len(todo) / max(seconds, 1e-6), 2)}
     _write_json(summary_path, summary)
     return summary
 

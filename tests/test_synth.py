@@ -4,14 +4,18 @@ shards + merge, workers, errors retried, settings refused."""
 
 from __future__ import annotations
 
+import http.server
 import json
+import re
 import sys
+import threading
 import types
 from pathlib import Path
 
 import pytest
 from conftest import TEMPLATES
 
+from trajtune.data_builders.synth import paraphrase
 from trajtune.data_builders.trajectory import read_trajectories
 from trajtune.launcher.cli import main
 
@@ -167,3 +171,70 @@ def test_other_settings_on_an_existing_output_are_refused(full_run: Path, tmp_pa
     assert "0 <= I < N" in capsys.readouterr().err
     assert main(["synth", "--env", "no_such_module:Env", "--out", str(tmp_path / "y.jsonl")]) == 2
     assert "cannot load" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --paraphrase
+
+
+class Rewriter:
+    """A policy (the act interface) that rewrites "Add A and B." in other words, or answers nothing."""
+
+    def __init__(self, silent: bool = False):
+        self.silent, self.seen = silent, []
+
+    def act(self, messages, tools):
+        self.seen.append((messages, tools))
+        a, b = re.findall(r"\d+", messages[-1]["content"])
+        return {"role": "assistant", "content": "" if self.silent else f"Kindly work out the sum of {a} and {b}."}
+
+
+def test_paraphrase_rewrites_the_instruction_and_keeps_the_original() -> None:
+    task = {"id": "t", "env": "toy", "split": "held_in", "instruction": "Add 3 and 4.", "gold": 7, "meta": {"k": 1}}
+    policy = Rewriter()
+    new = paraphrase(policy, task)
+    assert new["instruction"] == "Kindly work out the sum of 3 and 4."
+    assert new["meta"] == {"k": 1, "original_instruction": "Add 3 and 4.", "paraphrased": True}
+    (messages, tools), = policy.seen
+    assert messages[-1] == {"role": "user", "content": "Add 3 and 4."} and tools == []
+    assert "gold" not in json.dumps(messages) and task["instruction"] == "Add 3 and 4."  # the task is not changed
+    kept = paraphrase(Rewriter(silent=True), task)
+    assert kept["instruction"] == "Add 3 and 4." and kept["meta"]["paraphrased"] is False
+
+
+@pytest.mark.skipif(STAND_IN, reason="needs the agents wing's openai: policy (not merged yet)")
+def test_paraphrase_through_an_openai_compatible_server(tmp_path: Path) -> None:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _send(self, obj):
+            body = json.dumps(obj).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):  # /v1/models
+            self._send({"object": "list", "data": [{"id": "rewriter", "object": "model"}]})
+
+        def do_POST(self):  # /v1/chat/completions
+            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            reply = Rewriter().act(request["messages"], [])
+            self._send({"id": "x", "object": "chat.completion", "model": "rewriter",
+                        "choices": [{"index": 0, "message": reply, "finish_reason": "stop"}]})
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        out = tmp_path / "toy.jsonl"
+        assert synth(out, "--split", "held_in", "--n", "3", "--paraphrase",
+                     f"openai:http://127.0.0.1:{server.server_address[1]}/v1") == 0
+    finally:
+        server.shutdown()
+    records = [json.loads(line) for line in lines(out)]
+    assert len(records) == 3 and all(r["meta"]["reward"] == 1.0 for r in records)
+    for r in records:
+        user = next(m["content"] for m in r["messages"] if m["role"] == "user")
+        assert user.startswith("Kindly work out the sum of") and r["meta"]["original_instruction"].startswith("Add ")

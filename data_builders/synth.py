@@ -499,7 +499,8 @@ def _check_shard_summaries(paths: list[Path], log) -> dict[str, Any]:
             n = counts.pop()
             lacking = [i for i in range(n) if i not in have]
             if lacking:
-                log(f"synth merge: shards {', '.join(map(str, lacking))} of {n} are not among the inputs")
+                log(f"synth merge: not among the inputs: shard {', '.join(f'{i}/{n}' for i in lacking)}; their tasks "
+                    "are not in OUT")
         repeated = [i for i, c in have.items() if c > 1]
         if repeated:
             log(f"synth merge: shard {', '.join(map(str, repeated))} given more than once")

@@ -123,12 +123,14 @@ def test_resume_skips_done_tasks_and_repairs_a_half_written_line(full_run: Path,
     assert sorted(lines(out.with_suffix(".rejects.jsonl"))) == sorted(lines(full_run.with_suffix(".rejects.jsonl")))
 
 
-def test_shards_merge_to_the_same_set_as_one_run(full_run: Path, tmp_path: Path) -> None:
+def test_shards_merge_to_the_same_set_as_one_run(full_run: Path, tmp_path: Path, capsys) -> None:
     shards = [tmp_path / f"toy.{i}.jsonl" for i in range(2)]
     for i, shard in enumerate(shards):
         assert synth(shard, "--split", "held_in", "--shard", f"{i}/2") == 0
         assert lines(shard)  # both shards have work
     assert not set(task_ids(shards[0])) & set(task_ids(shards[1]))
+    assert main(["synth", "merge", str(tmp_path / "half.jsonl"), str(shards[1])]) == 0
+    assert "not among the inputs: shard 0/2" in capsys.readouterr().out
     merged = tmp_path / "merged.jsonl"
     assert main(["synth", "merge", str(merged), *map(str, shards), str(shards[0])]) == 0  # a repeat is deduplicated
     assert sorted(lines(merged)) == sorted(lines(full_run))

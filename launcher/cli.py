@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("trajtune.launcher.cmd_export", "Export a checkpoint as a Hugging Face model (safetensors)."),
     "tiny-model": ("trajtune.launcher.cmd_tiny_model", "Write a small random model for a CPU quick start."),
     "env": ("trajtune.launcher.cmd_env", "List an environment's tasks, or run tool calls on one and see the reward."),
+    "synth": ("trajtune.launcher.cmd_synth", "Synthesize trajectories: a policy acts on an environment's tasks."),
+    "filter": ("trajtune.launcher.cmd_filter", "Filter trajectories in stages (format, execution, reward, length, dedup)."),
 }
 
 

@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rejects", metavar="FILE.jsonl", help="rejected ones with stage and reason (default OUT.rejects.jsonl)")
     # Stages
     p.add_argument("--min-reward", type=min_reward, default=1.0,
-                   help="semantic stage: keep meta.reward >= this (default 1.0; none: skip the stage)")
+                   help="semantic stage: keep meta.reward >= this (none: skip the stage)")
     p.add_argument("--tokenizer", metavar="DIR", help="length stage: the model's tokenizer")
     p.add_argument("--template", metavar="FILE.jinja", help="length stage: chat template (alone: a byte-level tokenizer)")
     p.add_argument("--prompt-format", help="tool prompt format, for templates that cannot show tools themselves")

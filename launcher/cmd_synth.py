@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     # What to run
     p.add_argument("--env", help="environment: sql, shell, apis, seal_tools, or MODULE:CLASS")
     p.add_argument("--tasks", metavar="FILE", help="the environment's tasks file (e.g. AgentBench DB tasks for sql)")
-    p.add_argument("--policy", default="oracle", help="oracle, random, openai:URL or hf:PATH (default oracle)")
+    p.add_argument("--policy", default="oracle", help="oracle, random, openai:URL or hf:PATH")
     p.add_argument("--paraphrase", metavar="POLICY", help="rewrite each instruction with this policy first (openai:URL)")
     p.add_argument("--n", type=int, help="the first N tasks (default all), before --shard")
     p.add_argument("--split", default="held_in", choices=["held_in", "held_out", "all"], help="task split (default held_in)")

@@ -34,9 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--template", metavar="FILE.jinja", help="length stage: chat template (alone: a byte-level tokenizer)")
     p.add_argument("--prompt-format", help="tool prompt format, for templates that cannot show tools themselves")
     p.add_argument("--seq-len", type=int, help="length stage: most tokens a rendered trajectory may have")
-    p.add_argument("--dedup", choices=["exact", "near", "none"], default="exact", help="duplicate removal (default exact)")
+    p.add_argument("--dedup", choices=["exact", "near", "none"], default="exact", help="duplicate removal")
     p.add_argument("--decontam", nargs="+", default=[], metavar="FILE", help="eval files (JSON/JSONL) to remove overlaps with")
-    p.add_argument("--decontam-n", type=int, default=13, help="word n-gram length for decontamination (default 13)")
+    p.add_argument("--decontam-n", type=int, default=13, help="word n-gram length for decontamination")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -16,7 +16,6 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = "Merge shards: trajtune synth merge OUT SHARD.jsonl... (one line per task id, sorted by id)"
     # What to run
     p.add_argument("--env", help="environment: sql, shell, apis, seal_tools, or MODULE:CLASS")
@@ -24,9 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", default="oracle", help="oracle, random, openai:URL or hf:PATH")
     p.add_argument("--paraphrase", metavar="POLICY", help="rewrite each instruction with this policy first (openai:URL)")
     p.add_argument("--n", type=int, help="the first N tasks (default all), before --shard")
-    p.add_argument("--split", default="held_in", choices=["held_in", "held_out", "all"], help="task split (default held_in)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the task list and of every rollout (default 0)")
-    p.add_argument("--max-turns", type=int, default=20, help="policy turns per episode (default 20)")
+    p.add_argument("--split", default="held_in", choices=["held_in", "held_out", "all"], help="task split")
+    p.add_argument("--seed", type=int, default=0, help="seed of the task list and of every rollout")
+    p.add_argument("--max-turns", type=int, default=20, help="policy turns per episode")
     # Scale
     p.add_argument("--shard", metavar="I/N", help="run only shard I of N (tasks by a stable hash of their id)")
     p.add_argument("--workers", type=int, default=1, help="parallel processes, each with its own env and policy")

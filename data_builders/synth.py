@@ -54,6 +54,8 @@ class SynthConfig:
     shard: str | None = None  # "I/N"
     workers: int = 1
     rejects: str | None = None  # default OUT.rejects.jsonl
+    served_model: str | None = None  # openai: the model name the endpoint serves (default: its only one)
+    api_key_env: str | None = None  # openai: the environment variable holding the API key
 
 
 def companion(out: str | Path, kind: str) -> Path:
@@ -215,8 +217,9 @@ class _Worker:
 
             self.rollout = rollout
             self.env = make_env(cfg.env, tasks_file=cfg.tasks)
-            self.policy = make_policy(cfg.policy, env=self.env)
-            self.paraphraser = make_policy(cfg.paraphrase) if cfg.paraphrase else None
+            self.policy = make_policy(cfg.policy, env=self.env, **endpoint_options(cfg, cfg.policy))
+            self.paraphraser = make_policy(cfg.paraphrase, **endpoint_options(cfg, cfg.paraphrase)) \
+                if cfg.paraphrase else None
         except Exception as e:  # raised in the parent from `failed`, so a worker pool does not respawn forever
             self.failed = str(e) if isinstance(e, TrajtuneError) else f"{type(e).__name__}: {e}"
 
@@ -249,6 +252,13 @@ class _Worker:
     def _rejection(self, task: Task, reason: str, cause: str, detail: str) -> dict[str, Any]:
         return {"id": task["id"], "env": self.cfg.env, "split": task.get("split"), "stage": "synth", "reason": reason,
                 "cause": cause, "detail": detail, "task": task}
+
+
+def endpoint_options(cfg: SynthConfig, spec: str) -> dict[str, Any]:
+    """--served-model / --api-key-env for an openai: policy spec (other policies take neither)."""
+    if not spec.startswith("openai:"):
+        return {}
+    return {k: v for k, v in (("served_model", cfg.served_model), ("api_key_env", cfg.api_key_env)) if v}
 
 
 def unsolvable_reason(e: Unsolvable) -> str:

@@ -21,6 +21,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env", help="environment: sql, shell, apis, seal_tools, or MODULE:CLASS")
     p.add_argument("--tasks", metavar="FILE", help="the environment's tasks file (e.g. AgentBench DB tasks for sql)")
     p.add_argument("--policy", default="oracle", help="oracle, random, openai:URL or hf:PATH")
+    p.add_argument("--served-model", help="openai: policies: the model name the endpoint serves (default: its only one)")
+    p.add_argument("--api-key-env", metavar="VAR", help="openai: policies: the environment variable holding the API key")
     p.add_argument("--paraphrase", metavar="POLICY", help="rewrite each instruction with this policy first (openai:URL)")
     p.add_argument("--n", type=int, help="the first N tasks (default all), before --shard")
     p.add_argument("--split", default="held_in", choices=["held_in", "held_out", "all"], help="task split")
@@ -52,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
         raise TrajtuneError("give --env ENV and --out FILE.jsonl (or: trajtune synth merge OUT SHARD...)")
     cfg = SynthConfig(env=args.env, out=args.out, tasks=args.tasks, policy=args.policy, n=args.n,
                       split=None if args.split == "all" else args.split, seed=args.seed, max_turns=args.max_turns,
-                      paraphrase=args.paraphrase, shard=args.shard, workers=args.workers, rejects=args.rejects)
+                      paraphrase=args.paraphrase, shard=args.shard, workers=args.workers, rejects=args.rejects,
+                      served_model=args.served_model, api_key_env=args.api_key_env)
     s = synthesize(cfg)
     rejected = ", ".join(f"{k} {v}" for k, v in {**s["unsolvable_by_reason"], **s["errors_by_type"]}.items())
     print(f"synth: {s['tasks']} tasks, ran {s['ran']} in {s['seconds']:.1f}s ({s['tasks_per_second']:.1f}/s): "

@@ -30,7 +30,8 @@ SURFACE = {
     "tiny-model": {"--tokenizer": None, "--out": None, "--hidden": 64, "--layers": 2, "--heads": 4,
                    "--max-positions": 4096, "--seed": 0},
     "env": {"env_command": None},  # `env tasks` / `env run`: their options are pinned by tests/test_env_cli.py
-    "synth": {"--env": None, "--tasks": None, "--policy": "oracle", "--paraphrase": None, "--n": None,
+    "synth": {"--env": None, "--tasks": None, "--policy": "oracle", "--served-model": None, "--api-key-env": None,
+              "--paraphrase": None, "--n": None,
               "--split": "held_in", "--seed": 0, "--max-turns": 20, "--shard": None, "--workers": 1, "--out": None,
               "--rejects": None, "action": None},
     "filter": {"--data": None, "--out": None, "--rejects": None, "--min-reward": 1.0, "--tokenizer": None,

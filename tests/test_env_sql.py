@@ -92,12 +92,12 @@ def test_oracle_solves_every_agentbench_task_it_can_and_lists_the_rest(dev_env):
     # an empty result vs "none" count as equal); 8 do not run in SQLite and 8 return something else.
     assert sorted(i for i in solved if types[i] not in ("INSERT", "UPDATE")) == ["dev-14", "dev-3", "dev-4", "dev-9"]
     fails = sorted(i for i, (_, why) in unsolved.items() if "fails in SQLite" in why)
-    differs = sorted(i for i, (_, why) in unsolved.items() if "but the label is" in why)
+    differs = sorted(i for i, (_, why) in unsolved.items() if "does not reproduce the label" in why)
     assert len(unsolved) == 16 and all(t not in ("INSERT", "UPDATE") for t, _ in unsolved.values())
     assert fails == ["dev-0", "dev-11", "dev-13", "dev-18", "dev-19", "dev-2", "dev-6", "dev-8"]
     assert len(differs) == 8
     assert "near \"Credentials\": syntax error" in unsolved["dev-0"][1]
-    assert unsolved["dev-5"][1] == "the reference query returns ['2'] but the label is ['17']"
+    assert unsolved["dev-5"][1] == "the reference query does not reproduce the label: it returns ['2'], the label is ['17']"
 
 
 def test_oracle_solves_every_generated_task_with_valid_trajectories(gen_env):

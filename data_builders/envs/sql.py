@@ -244,7 +244,8 @@ class SqlEnv(Environment):
             raise Unsolvable("the reference query's result is longer than the database shows (truncated)")
         answers = answers_from_rows(ast.literal_eval(result))
         if not answers_match(answers, gold["answers"]):  # the check, never the source, of the answer
-            raise Unsolvable(f"the reference query returns {answers[:5]} but the label is {gold['answers'][:5]}")
+            raise Unsolvable(f"the reference query does not reproduce the label: it returns {answers[:5]}, the label is "
+                             f"{gold['answers'][:5]}")
         return _say(f"The query returned {result}; those are the answers.", "commit_final_answer",
                     {"answers": answers}, messages)
 

@@ -135,6 +135,9 @@ def test_a_shape_the_config_cannot_run_on_exits_2_naming_the_fix(capsys):
     code, out, err = dry_run(capsys, "--nodes", "0")
     assert code == 2 and "--nodes must be >= 1, got 0" in err
 
+    code, out, err = dry_run(capsys, overrides=("timeout_minutes=0",))
+    assert code == 2 and "timeout_minutes must be > 0, got 0.0" in err
+
     # A shape without --dry-run would be a second way to start training: refused.
     assert cli_main(["train", "--config", str(CONFIG), "--nodes", "2"]) == 2
     assert "--nodes and --gpus-per-node shape a --dry-run only" in capsys.readouterr().err

@@ -277,11 +277,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 # A rank stopped by a peer's signal reports SIGTERM: what a launcher stopping the job would send.
                 signum = stop.signum or signal.SIGTERM
                 saved = checkpoint.latest_checkpoint(output_dir)
-                FILE_ONLY.info("%s: stopped at step %d with a checkpoint (%s)", signal.Signals(signum).name, step, saved)
                 if is_main:
                     again = "run the same command again" if cfg.resume == "auto" else "run again with resume=auto"
                     log.warning("%s: stopped at step %d with a checkpoint (%s); %s to continue",
                                 signal.Signals(signum).name, step, saved, again)
+                else:  # in its rank log: every rank agreed on this step
+                    FILE_ONLY.info("%s: stopped at step %d with a checkpoint (%s)", signal.Signals(signum).name, step,
+                                   saved)
                 return {"step": step, "losses": losses, "bad_steps": bad_total, "stopped": True, "signal": signum,
                         "already_trained": False, "checkpoint": str(saved), "val_loss": val_loss}
 

@@ -60,8 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from ..data_builders.errors import TrajtuneError
-    from ..data_builders.render import RenderError, render_with_mask
-    from ..data_builders.render_check import check_template
+    from ..data_builders.render import RenderError, check_template, render_with_mask
     from ..data_builders.tokenizer import load_tokenizer
     from ..data_builders.trajectory import InvalidRecord, iter_lines, parse_line, validate_record
 

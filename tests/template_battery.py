@@ -100,7 +100,7 @@ SHAPES: dict[str, dict] = {
         _user(7), {"role": "assistant", "content": "UNTRX1 not this one.", "loss": False},
         _user(8), _asst(7)]},
     # `reasoning_content` (not yet in the canonical schema's Message type, but kept by validate_record, written by
-    # the llamafactory_v1 converter and passed to templates by render.py): the thought the model writes first.
+    # the llamafactory_v1 converter and passed to templates by the renderer): the thought the model writes first.
     "reasoning": {"messages": [
         _user(9), _asst(8, reasoning_content="RSNX1 think first."),
         _user(10), _asst(9, reasoning_content="RSNX2 think again.")]},

@@ -8,7 +8,7 @@ import sys
 
 from conftest import TEMPLATES
 
-from trajtune.data_builders.render_check import BATTERY
+from trajtune.data_builders.render import BATTERY
 from trajtune.launcher.cli import main
 from trajtune.launcher.cmd_render import add_arguments
 

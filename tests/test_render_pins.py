@@ -11,8 +11,7 @@ import copy
 import pytest
 from conftest import TEMPLATES
 
-from trajtune.data_builders.render import RenderError, render_with_mask
-from trajtune.data_builders.render_check import BATTERY
+from trajtune.data_builders.render import BATTERY, RenderError, render_with_mask
 from trajtune.data_builders.tokenizer import byte_level_tokenizer
 from trajtune.data_builders.trajectory import validate_record
 

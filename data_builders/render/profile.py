@@ -4,7 +4,7 @@ Templates disagree: arguments as a dict or a JSON string, a call-only message wi
 parallel calls or one call per turn, tools as the `tools=` keyword or on the system message (as a list or
 a JSON string), tool results JSON-quoted or not, strict user/assistant alternation, or no `tool_calls` at
 all. Rather than a table per model, `profile_template(template)` renders a few tiny probe conversations
-once and reads the answers off the output; `render.py` then shapes each record the way the template wants.
+once and reads the answers off the output; `shape.py` then shapes each record the way the template wants.
 `render_text` is the single rendering entry point, compiled exactly as `apply_chat_template` compiles.
 """
 
@@ -128,7 +128,7 @@ def profile_template(template: str, special_items: tuple = ()) -> TemplateProfil
         with_content = said is not None and "probe_said" in said and shows_json_args(said)
         ids_rendered = "probecall1" in (out or "")
     else:
-        from .tool_calls import ONE_CALL_PER_TURN
+        from ..tool_calls import ONE_CALL_PER_TURN
 
         one_call = text_syntax in ONE_CALL_PER_TURN
 
@@ -144,3 +144,13 @@ def profile_template(template: str, special_items: tuple = ()) -> TemplateProfil
                   no_tools) is None
     return TemplateProfile(tools_where, native is not None, content_none, as_string, one_call, with_content,
                            text_syntax, tool_role, quote_results, ids_rendered, strict, needs_list)
+
+
+
+def special_kwargs(tokenizer) -> dict[str, str]:
+    # A missing bos/eos renders as "" (apply_chat_template leaves it undefined, which renders the same).
+    return {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
+
+
+def template_name(tokenizer) -> str:
+    return getattr(tokenizer, "name_or_path", "") or "the chat template"

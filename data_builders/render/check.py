@@ -68,8 +68,9 @@ BATTERY: dict[str, dict] = {
 def check_template(tokenizer, prompt_format: str | None = None) -> list[tuple[str, str, str]]:
     """Render every BATTERY case; return (case, verdict, detail) with verdict "ok" (detail = the trained text,
     spans joined by " | ") or "declined" (detail = the reason)."""
-    from .render import RenderError, render_with_mask
-    from .trajectory import validate_record
+    from ..trajectory import validate_record
+    from .errors import RenderError
+    from .mask import render_with_mask
 
     rows = []
     for name, record in BATTERY.items():
@@ -86,8 +87,10 @@ def check_template(tokenizer, prompt_format: str | None = None) -> list[tuple[st
 
 def fast_path_ok(ctx) -> bool:
     """True if the one-render header path agrees with the prefix proof on every battery case (or defers)."""
-    from .render import RenderError, spans_by_header, spans_by_prefix, template_messages
-    from .trajectory import validate_record
+    from ..trajectory import validate_record
+    from .errors import RenderError
+    from .shape import template_messages
+    from .spans import spans_by_header, spans_by_prefix
 
     for record in list(BATTERY.values()) + list(_EXTRA.values()):
         try:

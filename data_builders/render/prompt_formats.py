@@ -19,8 +19,8 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import TrajtuneError
-from .trajectory import Message, Trajectory
+from ..errors import TrajtuneError
+from ..trajectory import Message, Trajectory
 
 FORMATS_DIR = Path(__file__).resolve().parent / "prompt_formats"
 PROMPT_FORMATS = {
@@ -39,7 +39,7 @@ def format_template(name: str) -> str:
 
 
 def _system_prompt(name: str, system: str, tools: list) -> str:
-    from .template_profile import compiled_template
+    from .profile import compiled_template
 
     return compiled_template(format_template(name)).render(system=system, tools=tools).strip()
 
@@ -54,7 +54,7 @@ def apply_prompt_format(record: Trajectory, name: str) -> tuple[Trajectory, str 
     """`record` rewritten for prompt format `name`, and the chat template that replaces the tokenizer's (or None).
 
     Example: `apply_prompt_format(rec, "react")[0]["messages"][0]["content"]` starts with the ReAct prompt."""
-    from .render import format_calls, interleave_results
+    from .shape import format_calls, interleave_results
 
     format_template(name)  # validates the name
     where = f"record {record.get('id', '?')} (prompt format {name})"

@@ -22,39 +22,39 @@ from conftest import ROOT
 from trajtune.data_builders.render import render_with_mask
 
 # template -> one letter per shape, in SHAPES order (multi_turn_system, single_call, parallel_calls, second_round,
-# loss_false, reasoning, content_and_call): c correct, w wrong, - declined. Measured 2026-11-23 on this branch.
+# loss_false, reasoning, content_and_call): c correct, w wrong, - declined. Measured after stop tokens from probe renders (issue 12, phase 2).
 BASELINE = {
     "bare": """
-    bytedance-seed-oss-36b-instruct      ----w--
+    bytedance-seed-oss-36b-instruct      c---cc-
     chatglm3-6b                          c---c--
-    command-a-03-2025                    -------
-    command-r-plus-tool_use              -------
-    command-r-v01                        -------
-    command-r-v01-tool_use               -------
-    command-r7b-12-2024                  -------
-    command-r7b-12-2024-tool_use         -------
+    command-a-03-2025                    ccccc--
+    command-r-plus-tool_use              c---c--
+    command-r-v01                        c---c--
+    command-r-v01-tool_use               c---c--
+    command-r7b-12-2024                  c---c--
+    command-r7b-12-2024-tool_use         ccccc--
     deepseek-r1                          ccc-c-c
     deepseek-r1-0528-qwen3-8b            c-c-c--
     deepseek-r1-distill-qwen-32b         -------
     deepseek-v3                          c-c-c--
     deepseek-v3.1                        ccccc-c
     devstral-small-2507                  ccccc-c
-    exaone-3.5-7.8b-instruct             -------
+    exaone-3.5-7.8b-instruct             c---c--
     exaone-deep-2.4b                     -------
     falcon2-11b                          -------
     firefunction-v1                      -------
     firefunction-v2                      -------
-    functionary-medium-v2.2              -------
+    functionary-medium-v2.2              ccccc-c
     functionary-medium-v3.1              ccccc-c
     functionary-medium-v3.2              ccccc-c
-    gemma-2-2b-it                        -------
-    gemma-3-1b-it                        -------
-    gemma-3-it                           -------
-    gemma-7b-it                          -------
+    gemma-2-2b-it                        ----c--
+    gemma-3-1b-it                        ----c--
+    gemma-3-it                           c---c--
+    gemma-7b-it                          ----c--
     glm-4-9b-chat                        ccccc-c
     glm-4.5                              cwwwc-w
     glm-5.1                              -ww-c-w
-    gpt-oss-120b                         ----w--
+    gpt-oss-120b                         ccccc--
     granite-3.0-8b-instruct              ccccc-c
     granite-3.2-8b-instruct              ccccc-c
     granite-3.3-instruct                 ccccc-c
@@ -63,7 +63,7 @@ BASELINE = {
     hermes-2-pro-tool_use                ccccc--
     hermes-3-llama-3.1-70b               c---c--
     internlm2-chat-7b                    c---c--
-    jamba-large-1.6                      -------
+    jamba-large-1.6                      ccccc-c
     kimi-k2-instruct                     ccccc-c
     kimi-k2-thinking                     c---c--
     lfm2                                 c---c--
@@ -74,7 +74,7 @@ BASELINE = {
     llama-3.1-nemotron-70b-instruct      ccccc--
     llama-3.2-11b-vision-instruct        ccccc--
     llama-3.2-3b-instruct                ccccc--
-    llama-4-scout-17b-16e-instruct       -------
+    llama-4-scout-17b-16e-instruct       ccccc-c
     minicpm3-4b                          c---c--
     mistral-7b-instruct-v0.1             ----c--
     mistral-7b-instruct-v0.2             ----c--
@@ -85,10 +85,10 @@ BASELINE = {
     mistral-small-24b-instruct-2501      c---c--
     mistral-small-3.2-24b-instruct-2506  c---c--
     nemotron-3-nano                      -------
-    nemotron-mini-4b-instruct            -------
-    nvidia-nemotron-nano-9b-v2           -------
+    nemotron-mini-4b-instruct            c---c--
+    nvidia-nemotron-nano-9b-v2           ----c--
     olmo-2-1124-7b-instruct              c---c--
-    openchat-3.5-0106                    -------
+    openchat-3.5-0106                    c---c--
     phi-3-medium-4k-instruct             c---c--
     phi-3-mini-4k-instruct               c---c--
     phi-3.5-mini-instruct                c---c--
@@ -117,27 +117,23 @@ BASELINE = {
     command-r7b-12-2024-tool_use     ccccc--
     exaone-3.5-7.8b-instruct         c---c--
     exaone-deep-2.4b                 -------
-    gemma-2-2b-it                    ----w--
-    gemma-3-1b-it                    ----w--
-    gemma-3-it                       ----w--
-    gemma-7b-it                      ----w--
-    gpt-oss-120b                     c---c--
+    gemma-2-2b-it                    ----c--
+    gemma-3-1b-it                    ----c--
+    gemma-3-it                       c---c--
+    gemma-7b-it                      ----c--
+    gpt-oss-120b                     ccccc--
     llama-4-scout-17b-16e-instruct   ccccc-c
     olmo-2-1124-7b-instruct          c---c--
     openchat-3.5-0106                c---c--
     """,
 }
 
-# Wrong masks today, each with its cause. Class 1 of issue 12: a stop token the template never rendered is appended.
-_EOS = "eos <eos> is appended after <end_of_turn>\\n; both trained"
+# Wrong masks today, each with its cause.
 # The profile takes only JSON arguments for native calls, so these templates fall back to the hermes text syntax
 # (`<tool_call>` is in them) and train JSON calls the model never writes.
 _XML = "the template writes <function=NAME><parameter=K>V natively; hermes JSON is trained instead"
 _GLM = "the template writes <tool_call>NAME<arg_key>K</arg_key><arg_value>V natively; hermes JSON is trained instead"
 KNOWN_WRONG = {
-    **{("model", t, "loss_false"): _EOS for t in ("gemma-2-2b-it", "gemma-3-1b-it", "gemma-3-it", "gemma-7b-it")},
-    ("bare", "bytedance-seed-oss-36b-instruct", "loss_false"): "<seed:eos> is no STOP_TOKEN: guessed eos </s> appended",
-    ("bare", "gpt-oss-120b", "loss_false"): "<|return|> is no STOP_TOKEN: guessed eos <|end|> appended after it",
     **{("bare", "qwen3-coder-30b-a3b-instruct", s): _XML for s in ("single_call", "parallel_calls", "second_round",
                                                                     "content_and_call")},
     **{("bare", "qwen3.5-4b", s): _XML for s in ("single_call", "parallel_calls", "content_and_call")},

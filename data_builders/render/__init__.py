@@ -29,10 +29,10 @@ from .profile import (
 )
 from .prompt_formats import PROMPT_FORMATS, apply_prompt_format
 from .shape import format_calls, interleave_results, template_messages
-from .stops import STOP_TOKENS, template_stop_tokens
+from .stops import KINDS, StopTokens, template_stop_tokens
 
 __all__ = [
-    "BATTERY", "PROMPT_FORMATS", "REASONS", "STOP_TOKENS", "RenderError", "Rendered", "TemplateProfile",
+    "BATTERY", "KINDS", "PROMPT_FORMATS", "REASONS", "RenderError", "Rendered", "StopTokens", "TemplateProfile",
     "apply_prompt_format", "check_template", "format_calls", "interleave_results", "profile_template",
     "render_batch", "render_text", "render_with_mask", "special_kwargs", "template_messages", "template_name",
     "template_stop_tokens", "try_render", "with_call",

@@ -23,6 +23,7 @@ class TemplateMessage:
     src: int  # index of the canonical message it comes from
     trained: bool
     cont: bool = False  # continues the previous assistant turn in the same generation (GLM: text, then a call)
+    calls: bool = False  # ends in tool calls (native, or as call text): its stop is a call's (stops.KINDS)
 
 
 def interleave_results(messages: list[dict]) -> list[tuple[int, dict]]:
@@ -109,7 +110,7 @@ def template_messages(record: Trajectory, template: str, prof: TemplateProfile, 
                 msg = {"role": "assistant", "metadata": name, "content": body}
                 if content:  # GLM-4 writes text, then `<|assistant|>name` for the call, in one generation
                     out.append(TemplateMessage({"role": "assistant", "content": content}, src, message_trained(m)))
-                    out.append(TemplateMessage(msg, src, message_trained(m), cont=True))
+                    out.append(TemplateMessage(msg, src, message_trained(m), cont=True, calls=True))
                     continue
             else:
                 text = format_calls(calls, prof.text_syntax, where)
@@ -125,7 +126,8 @@ def template_messages(record: Trajectory, template: str, prof: TemplateProfile, 
                         msg["content"] = parsed  # so the template's tojson writes the JSON, not a quoted string
                 except json.JSONDecodeError:
                     pass
-        out.append(TemplateMessage(msg, src, message_trained(m), cont=bool(m.get("continues_turn"))))
+        out.append(TemplateMessage(msg, src, message_trained(m), cont=bool(m.get("continues_turn")),
+                                   calls=role == "assistant" and bool(calls or m.get("metadata"))))
 
     if prof.strict_alternation:
         out = _merge_same_role(out, where)
@@ -159,7 +161,7 @@ def _merge_same_role(msgs: list[TemplateMessage], where: str) -> list[TemplateMe
                 raise RenderError("template_cannot_express", f"{where}: messages {prev.src} and {m.src} must merge "
                                   "into one turn (strict alternation) but only one of them is trained")
             out[-1] = TemplateMessage({**prev.msg, "content": f"{prev.msg['content']}\n\n{m.msg['content']}"}, prev.src,
-                           prev.trained)
+                                      prev.trained, calls=m.calls)
         else:
             out.append(m)
     return out

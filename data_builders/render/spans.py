@@ -3,7 +3,7 @@
 The proof (`spans_by_prefix`, always used with `exhaustive=True`): for every trained message `i`,
 `messages[:i]` rendered with `add_generation_prompt=True` must be a prefix of the full render (or, where a
 template writes history slightly differently, its generation header must be found right where the two
-part); the span starts there and ends with the first stop token after it; `messages[:i+1]` rendered alone
+part); the span starts there and ends with the stop token of its kind (stops.py); `messages[:i+1]` rendered alone
 must give exactly that text (or end with it, when only the last turn gets a preamble such as Qwen3's empty
 `<think></think>`); and the span must hold the message's content and every call's name. Anything else
 raises RenderError naming template and message: never a silent wrong mask, never an all-zero mask.
@@ -15,15 +15,15 @@ on the record; otherwise the proof runs.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from ..tokenizer import ROLE_CONCAT_RE
 from .errors import RenderError
 from .profile import TemplateProfile, profile_template, render_text, special_kwargs, try_render
 from .shape import TemplateMessage
-from .stops import STOP_TOKENS
+from .stops import KINDS, StopTokens, added_tokens, kind_of, stop_tokens_of
 
 
 def _find_header(full: str, prompt: str, history: str) -> int | None:
@@ -68,8 +68,9 @@ class RenderContext:
     template: str
     special: dict
     profile: TemplateProfile
-    stop_re: re.Pattern
-    final: str  # appended after the last turn when the format has no end-of-turn token of its own
+    stops: StopTokens  # the stop token per kind of message (stops.py)
+    stop_re: re.Pattern | None  # any of them: a message containing one cannot be trained (the model stops there)
+    added: tuple[str, ...]  # the tokenizer's added tokens (the only text a stop token can be)
     header: str  # what add_generation_prompt adds ("" if nothing)
     fast: bool
 
@@ -81,19 +82,17 @@ def render_context(template: str, tokenizer) -> RenderContext:
     if _LAST_CTX[0] is tokenizer and _LAST_CTX[1] is template:
         return _LAST_CTX[2]
     special = special_kwargs(tokenizer)
-    ctx = _context_cached(template, tuple(sorted(special.items())), tokenizer.eos_token or "")
+    ctx = _context_cached(template, tuple(sorted(special.items())), added_tokens(tokenizer))
     _LAST_CTX[:] = [tokenizer, template, ctx]
     return ctx
 
 
 @lru_cache(maxsize=64)
-def _context_cached(template: str, special_items: tuple, eos: str) -> RenderContext:
+def _context_cached(template: str, special_items: tuple, added: tuple[str, ...]) -> RenderContext:
     special = dict(special_items)
-    # Only this template's own end-of-turn tokens: another model's (`</s>` for Qwen) is ordinary text here.
-    role_tokens = {"<|user|>", "<|observation|>"} if ROLE_CONCAT_RE.search(template) else set()
-    stops = {t for t in STOP_TOKENS if t in template or t in role_tokens} | ({eos} if eos else set())
-    stop_re = re.compile("|".join(re.escape(t) for t in sorted(stops, key=len, reverse=True)))
-    final = "<|user|>" if ROLE_CONCAT_RE.search(template) else eos
+    stops = stop_tokens_of(template, special_items, added)
+    tokens = sorted(stops.tokens(), key=len, reverse=True)
+    stop_re = re.compile("|".join(map(re.escape, tokens))) if tokens else None
     probe = [{"role": "user", "content": "probe_user"}]
     no_tools = [] if profile_template(template, special_items).needs_tool_list else None
     plain = try_render(template, special, probe, no_tools)
@@ -102,12 +101,12 @@ def _context_cached(template: str, special_items: tuple, eos: str) -> RenderCont
     except Exception:  # a template that cannot even render a user turn: no fast path, prefix proof reports it
         with_gen = None
     header = with_gen[len(plain):] if plain is not None and with_gen and with_gen.startswith(plain) else ""
-    ctx = RenderContext(template, special, profile_template(template, special_items), stop_re, final, header, False)
+    ctx = RenderContext(template, special, profile_template(template, special_items), stops, stop_re, added, header,
+                        False)
     if header:
         from .check import fast_path_ok
 
-        ctx = RenderContext(*[getattr(ctx, f) for f in ("template", "special", "profile", "stop_re", "final", "header")],
-                   fast_path_ok(ctx))
+        ctx = dataclasses.replace(ctx, fast=fast_path_ok(ctx))
     return ctx
 
 
@@ -118,21 +117,41 @@ def _render(ctx: RenderContext, plain: list[dict], tools, gen: bool, where: str,
         raise RenderError("template_error", f"{where}: rendering {what}: {type(e).__name__}: {e}") from None
 
 
-def _close_turn(ctx: RenderContext, full: str, start: int, is_last: bool, src: int, where: str) -> tuple[str, int, int]:
-    """(full text, body end, span end) for the turn starting at `start`: it ends with the first stop token;
-    GLM-style formats end a turn with the next role token, so the last turn gets `ctx.final` appended."""
-    stop = ctx.stop_re.search(full, start)
-    if stop is not None:
-        return full, stop.start(), stop.end()
-    if not is_last or not ctx.final:
-        raise RenderError("mask_mismatch", f"{where}: no end-of-turn token after message {src}")
-    return full + ctx.final, len(full), len(full) + len(ctx.final)
+def _close_turn(ctx: RenderContext, full: str, start: int, kind: str, src: int, where: str) -> tuple[str, int, int]:
+    """(full text, body end, span end) for the turn of kind `kind` (stops.KINDS) starting at `start`: it ends
+    with that kind's stop token. Where the template leaves the last turn open (GLM), the stop it writes when
+    another turn follows is appended (`StopTokens.open_last`); nothing else is ever appended."""
+    stop = ctx.stops.of(kind)
+    if stop is None and kind not in ctx.stops.tails:
+        raise RenderError("mask_mismatch", f"{where}: message {src} is {KINDS[kind]}, and the template drops the text of "
+                          "such a message (a probe render does not show it)")
+    if stop is None:
+        from ..tokenizer import special_tokens_of
+
+        tail = ctx.stops.tails.get(kind, "")
+        unknown = [t for t in special_tokens_of(tail) if t not in ctx.added]
+        fix = (f"{unknown[0]!r} there is no token of this tokenizer: add it as a special token" if unknown else
+               "check the template (trajtune render --check-template T.jinja) or use one that closes its turns")
+        raise RenderError("no_stop_token", f"{where}: message {src} is {KINDS[kind]}, and the template writes no "
+                          f"end-of-turn token after such a message (it writes {tail[:60]!r}), so where generation "
+                          f"stops cannot be trained; {fix}")
+    pos = full.find(stop, start)
+    if pos >= 0:
+        return full, pos, pos + len(stop)
+    if kind in ctx.stops.open_last:
+        return full + stop, len(full), len(full) + len(stop)
+    raise RenderError("mask_mismatch", f"{where}: no end-of-turn token {stop!r} after message {src}")
+
+
+def _kind(msgs: list[TemplateMessage], g: int) -> str:
+    """The kind of the generation that ends with message g (stops.KINDS)."""
+    return kind_of(msgs[g].calls, g == len(msgs) - 1)
 
 
 def _check_pieces(ctx: RenderContext, full: str, span: tuple[int, int], m: TemplateMessage, where: str) -> None:
     got = full[span[0]:span[1]]
     pieces = _expected_pieces(m.msg)
-    stop = next((hit for p in pieces if (hit := ctx.stop_re.search(p))), None)
+    stop = next((hit for p in pieces if ctx.stop_re and (hit := ctx.stop_re.search(p))), None)
     if stop is not None:
         raise RenderError("mask_mismatch", f"{where}: message {m.src} contains the end-of-turn token "
                           f"{stop.group(0)!r}: the model would stop there, so no mask is right")
@@ -162,7 +181,7 @@ def spans_by_header(ctx: RenderContext, msgs: list[TemplateMessage], tools, wher
         g = _group_end(msgs, j, where)
         nxt = k + 1 + (g - j)  # the header of the next turn that is not part of this generation
         try:
-            full, _, end = _close_turn(ctx, full, starts[k], g == len(msgs) - 1, msgs[j].src, where)
+            full, _, end = _close_turn(ctx, full, starts[k], _kind(msgs, g), msgs[j].src, where)
             if nxt < len(starts) and end > starts[nxt] - len(header):
                 return None
             for m in msgs[j:g + 1]:
@@ -205,13 +224,14 @@ def spans_by_prefix(ctx: RenderContext, msgs: list[TemplateMessage], tools, wher
         if start is None or (spans and start < spans[-1][1]):
             raise RenderError("not_prefix_stable", f"{where}: the generation prompt before message {m.src} is not a "
                               "prefix of the full render, so the trained text cannot be located exactly")
-        full, body_end, end = _close_turn(ctx, full, start, g == len(msgs) - 1, m.src, where)
+        full, body_end, end = _close_turn(ctx, full, start, _kind(msgs, g), m.src, where)
         # The same message rendered as the last turn: its body must equal the one in the full text, or end
         # with it when the template gives only the last turn a preamble (Qwen3's empty <think></think>).
         alone = _render(ctx, plain[:g + 1], tools, False, where, f"message {m.src} as the last turn")
         a_start = len(prompt) if alone.startswith(prompt) else _find_header(alone, prompt, history or "")
-        alone_stop = ctx.stop_re.search(alone, a_start or 0)
-        got, want = full[start:body_end], alone[a_start or 0:alone_stop.start() if alone_stop else len(alone)]
+        last_stop = ctx.stops.of(kind_of(msgs[g].calls, True))
+        alone_stop = alone.find(last_stop, a_start or 0) if last_stop else -1
+        got, want = full[start:body_end], alone[a_start or 0:alone_stop if alone_stop >= 0 else len(alone)]
         if a_start is None or not (got == want or (got and want.endswith(got))):
             why = ("the template does not close this turn with an end-of-turn token" if got.startswith(want)
                    else "the template renders it differently inside the conversation")

@@ -11,7 +11,13 @@ import pytest
 import template_battery as tb
 from conftest import TEMPLATES
 
-from trajtune.data_builders.render import RenderError, render_with_mask, template_stop_tokens
+from trajtune.data_builders.render import (
+    RenderError,
+    profile_template,
+    render_with_mask,
+    special_kwargs,
+    template_stop_tokens,
+)
 from trajtune.data_builders.tokenizer import byte_level_tokenizer
 from trajtune.data_builders.trajectory import validate_record
 from trajtune.launcher.cli import main
@@ -104,10 +110,18 @@ def plain_renders() -> list[tuple[str, str, object, object]]:
 
 
 def _native(tok, messages: list[dict]) -> str:
+    """apply_chat_template's text; for a template with no system role, of the messages with the system text folded
+    into the first user turn (as the renderer does, test_render_conventions.py)."""
+    if messages[0]["role"] == "system" and template_profile(tok).system_fold:
+        messages = [{**messages[1], "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}, *messages[2:]]
     try:
         return tok.apply_chat_template(messages, tokenize=False)
     except TypeError:  # a template that loops over `tools` unguarded (Hermes-2-Pro): the renderer passes []
         return tok.apply_chat_template(messages, tools=[], tokenize=False)
+
+
+def template_profile(tok):
+    return profile_template(tok.chat_template, tuple(sorted(special_kwargs(tok).items())))
 
 
 def test_nothing_the_template_did_not_render_is_appended(plain_renders):

@@ -47,10 +47,10 @@ BASELINE = {
     functionary-medium-v2.2              ccccc-c
     functionary-medium-v3.1              ccccc-c
     functionary-medium-v3.2              ccccc-c
-    gemma-2-2b-it                        ----c--
-    gemma-3-1b-it                        ----c--
+    gemma-2-2b-it                        c---c--
+    gemma-3-1b-it                        c---c--
     gemma-3-it                           c---c--
-    gemma-7b-it                          ----c--
+    gemma-7b-it                          c---c--
     glm-4-9b-chat                        ccccc-c
     glm-4.5                              cwwwc-w
     glm-5.1                              -ww-c-w
@@ -76,12 +76,12 @@ BASELINE = {
     llama-3.2-3b-instruct                ccccc--
     llama-4-scout-17b-16e-instruct       ccccc-c
     minicpm3-4b                          c---c--
-    mistral-7b-instruct-v0.1             ----c--
-    mistral-7b-instruct-v0.2             ----c--
+    mistral-7b-instruct-v0.1             c---c--
+    mistral-7b-instruct-v0.2             c---c--
     mistral-7b-instruct-v0.2-v1-system   c---c--
     mistral-7b-instruct-v0.3             ccc-c--
     mistral-large-instruct-2411          c---c--
-    mistral-nemo-instruct-2407           ----c--
+    mistral-nemo-instruct-2407           c---c--
     mistral-small-24b-instruct-2501      c---c--
     mistral-small-3.2-24b-instruct-2506  c---c--
     nemotron-3-nano                      -------
@@ -117,10 +117,10 @@ BASELINE = {
     command-r7b-12-2024-tool_use     ccccc--
     exaone-3.5-7.8b-instruct         c---c--
     exaone-deep-2.4b                 -------
-    gemma-2-2b-it                    ----c--
-    gemma-3-1b-it                    ----c--
+    gemma-2-2b-it                    c---c--
+    gemma-3-1b-it                    c---c--
     gemma-3-it                       c---c--
-    gemma-7b-it                      ----c--
+    gemma-7b-it                      c---c--
     gpt-oss-120b                     ccccc--
     llama-4-scout-17b-16e-instruct   ccccc-c
     olmo-2-1124-7b-instruct          c---c--

@@ -40,13 +40,13 @@ def render_text(template: str, messages: list[dict], tools: list | None, add_gen
 # ---------------------------------------------------------------------------------------------------------
 # Template profile: how this template wants tools, calls and results (measured once, by rendering probes)
 
-_PROBE_TOOLS = [{"type": "function", "function": {
+PROBE_TOOLS = [{"type": "function", "function": {
     "name": "probe_fn", "description": "Probe tool.",
     "parameters": {"type": "object", "properties": {"probe_key": {"type": "string", "description": "A key."}},
                    "required": ["probe_key"]}}}]
 
 
-def _probe_call(i: int = 1, name: str = "probe_fn") -> dict:
+def probe_call(i: int = 1, name: str = "probe_fn") -> dict:
     return {"id": f"probecall{i}", "type": "function", "function": {"name": name, "arguments": {"probe_key": f"probe_v{i}"}}}
 
 
@@ -64,6 +64,8 @@ class TemplateProfile:
     ids_rendered: bool  # call ids are visible in the text (Mistral: 9-char ids)
     strict_alternation: bool  # consecutive user (or assistant) messages are an error (Llama-2)
     needs_tool_list: bool  # the template loops over `tools` unguarded (Hermes-2-Pro): pass [] rather than None
+    system_fold: bool = False  # the template rejects or drops a system message (Gemma 2, Mistral v0.1-v0.3, Phi-3-
+    # medium): its text opens the first user turn instead, "SYSTEM\n\nUSER", as Gemma 3's and Mistral's templates do
 
 
 def try_render(template: str, special: dict, messages: list[dict], tools=None) -> str | None:
@@ -83,23 +85,34 @@ def with_call(msg_calls: list[dict], content, args_as_string: bool) -> dict:
 def profile_template(template: str, special_items: tuple = ()) -> TemplateProfile:
     """Measure how `template` shows tools, calls and results by rendering small probe conversations."""
     special = dict(special_items)
-    sys_user = [{"role": "system", "content": "probe_sys"}, {"role": "user", "content": "probe_user"}]
-    needs_list = try_render(template, special, sys_user) is None and try_render(template, special, sys_user, []) is not None
+    user = {"role": "user", "content": "probe_user"}
+    sys_user = [{"role": "system", "content": "probe_sys"}, user]
+    needs_list = any(try_render(template, special, m) is None and try_render(template, special, m, []) is not None
+                     for m in (sys_user, [user]))
     no_tools = [] if needs_list else None
+    # A system message the template rejects (raise_exception) or drops (Mistral v0.3 keeps it only when the
+    # conversation ends on a user turn, so probe with an answer last) is folded into the first user turn.
+    answer = {"role": "assistant", "content": "probe_v1"}
+    kept = try_render(template, special, [*sys_user, answer], no_tools)
+    folded = try_render(template, special, [{"role": "user", "content": "probe_sys\n\nprobe_user"}, answer], no_tools)
+    system_fold = (kept is None or "probe_sys" not in kept) and folded is not None and "probe_sys" in folded
+    if system_fold:
+        sys_user = [user]
 
     tools_where = "none"
-    out = try_render(template, special, sys_user, _PROBE_TOOLS)
+    out = try_render(template, special, sys_user, PROBE_TOOLS)
     if out and "probe_fn" in out:
         tools_where = "kwarg"
     else:
-        for where, value in (("system_list", _PROBE_TOOLS), ("system_string", json.dumps(_PROBE_TOOLS))):
+        for where, value in (("system_list", PROBE_TOOLS), ("system_string", json.dumps(PROBE_TOOLS)))[
+                :0 if system_fold else 2]:
             out = try_render(template, special, [{**sys_user[0], "tools": value}, sys_user[1]])
             if out and "probe_fn" in out:
                 tools_where = where
                 break
-    tools = _PROBE_TOOLS if tools_where == "kwarg" else no_tools
+    tools = PROBE_TOOLS if tools_where == "kwarg" else no_tools
     base = sys_user if tools_where in ("kwarg", "none") else [{**sys_user[0], "tools": (
-        _PROBE_TOOLS if tools_where == "system_list" else json.dumps(_PROBE_TOOLS))}, sys_user[1]]
+        PROBE_TOOLS if tools_where == "system_list" else json.dumps(PROBE_TOOLS))}, sys_user[1]]
 
     def shows_json_args(text: str | None, i: int = 1) -> bool:
         # The arguments must appear as JSON, not as a Python repr nor double-encoded.
@@ -107,7 +120,7 @@ def profile_template(template: str, special_items: tuple = ()) -> TemplateProfil
 
     native = None
     for content_none, as_string in ((False, False), (True, False), (False, True), (True, True)):
-        out = try_render(template, special, base + [with_call([_probe_call()], None if content_none else "", as_string)],
+        out = try_render(template, special, base + [with_call([probe_call()], None if content_none else "", as_string)],
                    tools)
         if shows_json_args(out) and "probe_fn" in out.split("probe_user", 1)[-1]:
             native = (content_none, as_string)
@@ -121,10 +134,10 @@ def profile_template(template: str, special_items: tuple = ()) -> TemplateProfil
 
     one_call, with_content, ids_rendered = True, True, False
     if native is not None:
-        two = try_render(template, special, base + [with_call([_probe_call(1), _probe_call(2, "probe_gn")], None
+        two = try_render(template, special, base + [with_call([probe_call(1), probe_call(2, "probe_gn")], None
                                                           if content_none else "", as_string)], tools)
         one_call = not (shows_json_args(two, 1) and shows_json_args(two, 2) and "probe_gn" in two)
-        said = try_render(template, special, base + [with_call([_probe_call()], "probe_said", as_string)], tools)
+        said = try_render(template, special, base + [with_call([probe_call()], "probe_said", as_string)], tools)
         with_content = said is not None and "probe_said" in said and shows_json_args(said)
         ids_rendered = "probecall1" in (out or "")
     else:
@@ -133,7 +146,7 @@ def profile_template(template: str, special_items: tuple = ()) -> TemplateProfil
         one_call = text_syntax in ONE_CALL_PER_TURN
 
     tool_role = "observation" if text_syntax == "glm4" else "tool"
-    call_msg = (with_call([_probe_call()], None if content_none else "", as_string) if native is not None
+    call_msg = (with_call([probe_call()], None if content_none else "", as_string) if native is not None
                 else {"role": "assistant", "content": "probe_call_text"})
     result = {"role": tool_role, "tool_call_id": "probecall1", "name": "probe_fn", "content": '{"probe_out": 1}'}
     out = try_render(template, special, base + [call_msg, result], tools)
@@ -143,7 +156,7 @@ def profile_template(template: str, special_items: tuple = ()) -> TemplateProfil
     strict = try_render(template, special, [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
                   no_tools) is None
     return TemplateProfile(tools_where, native is not None, content_none, as_string, one_call, with_content,
-                           text_syntax, tool_role, quote_results, ids_rendered, strict, needs_list)
+                           text_syntax, tool_role, quote_results, ids_rendered, strict, needs_list, system_fold)
 
 
 

@@ -146,7 +146,25 @@ def template_messages(record: Trajectory, template: str, prof: TemplateProfile, 
             first.msg = {**first.msg, "content": first.msg["content"] + sep + _tool_list_text(tools)}
         else:
             first.msg = {**first.msg, "tools": value}
+    if prof.system_fold:
+        out = _fold_system(out, where)
     return out, kw_tools
+
+
+def _fold_system(msgs: list[TemplateMessage], where: str) -> list[TemplateMessage]:
+    """A template with no system role: the system text opens the first user turn ("SYSTEM\\n\\nUSER", the way
+    Gemma 3's template and Mistral's v1-system template write it). Never dropped: no user turn to carry it is an
+    error."""
+    system = "\n\n".join(m.msg["content"] for m in msgs if m.msg["role"] == "system" and m.msg["content"])
+    rest = [m for m in msgs if m.msg["role"] != "system"]
+    if not system:
+        return rest
+    first = next((m for m in rest if m.msg["role"] == "user"), None)
+    if first is None or first.trained:
+        raise RenderError("template_cannot_express", f"{where}: the template has no system role, and no user turn "
+                          "follows the system message to carry its text")
+    first.msg = {**first.msg, "content": f"{system}\n\n{first.msg['content']}"}
+    return rest
 
 
 def _merge_same_role(msgs: list[TemplateMessage], where: str) -> list[TemplateMessage]:

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from .profile import profile_template, render_text, special_kwargs, try_render
+from .profile import PROBE_TOOLS, probe_call, profile_template, render_text, special_kwargs, try_render
 
 # kind -> what it is, as messages name it.
 KINDS = {
@@ -138,12 +138,10 @@ def stop_tokens_of(template: str, special_items: tuple, added: tuple[str, ...]) 
     header = gen[len(plain):] if plain is not None and gen is not None and gen.startswith(plain) else ""
     header_tokens = set(token_re.findall(header)) if token_re else set()
 
-    call = {"id": "probecall1", "type": "function", "function": {"name": "probe_fn", "arguments": {"k": "probe_v1"}}}
+    call, two = probe_call(1), {**probe_call(1), "id": "probecall2"}  # both end with the argument value probe_v1
     result = {"role": "tool", "tool_call_id": "probecall1", "name": "probe_fn", "content": "probe_end"}
-    tools = [{"type": "function", "function": {"name": "probe_fn", "description": "Probe.", "parameters": {
-        "type": "object", "properties": {"k": {"type": "string"}}}}}]
+    tools = PROBE_TOOLS
     # Calls are probed with one call, then two: DeepSeek-V3's template closes a call turn only after a second call.
-    two = {**call, "id": "probecall2", "function": {"name": "probe_fn", "arguments": {"k": "probe_v1"}}}
     probes = [("answer", None, [user, answer]), ("history", None, [user, answer, after])]
     for calls in ([call], [call, two]):
         calling = {"role": "assistant", "content": None, "tool_calls": calls}

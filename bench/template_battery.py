@@ -28,7 +28,7 @@ import template_battery as tb  # noqa: E402  (the test helper: shapes and checke
 
 # Table codes for declines, by RenderError reason.
 CODES = {"template_cannot_express": "cx", "template_error": "te", "not_prefix_stable": "ps", "mask_mismatch": "mm",
-         "token_straddles_boundary": "st", "nothing_trained": "nt"}
+         "token_straddles_boundary": "st", "nothing_trained": "nt", "no_stop_token": "ns", "template_variable": "tv"}
 SHORT = {"multi_turn_system": "multi", "single_call": "call", "parallel_calls": "parallel", "second_round": "2round",
          "loss_false": "untrained", "reasoning": "reason", "content_and_call": "text+call"}
 

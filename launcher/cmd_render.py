@@ -1,7 +1,8 @@
 """`trajtune render`: show how a chat template renders trajectories and exactly which text is trained.
 
 `trajtune render --data FILE.jsonl (--tokenizer DIR | --template FILE.jinja) [--prompt-format F] [--index I]
-[--json]` prints each record's rendered text with the trained text highlighted (green on a terminal, inside
+[--json]` (and the render options shared with `trajtune build`: --template-kwargs, --call-syntax, --reasoning,
+--call-content) prints each record's rendered text with the trained text highlighted (green on a terminal, inside
 `[[...]]` when piped or under NO_COLOR), or with `--json` one line per record `{"id", "text", "trained_spans",
 "input_ids", "loss_mask"}`. A record the template cannot express makes the command exit 1 with the reason.
 `trajtune render --check-template T.jinja` runs the built-in battery (plain chat, single call, parallel calls,
@@ -23,14 +24,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", help="a tokenizer directory or a hub id in the Hugging Face cache (its chat "
                    "template is used unless --template is given)")
     p.add_argument("--template", help="a chat template (.jinja); alone, a byte-level tokenizer is built for it")
-    p.add_argument("--prompt-format", dest="prompt_format", default=None,
-                   help="built-in tool prompt format for templates without tools: tool-prompt, react or chatglm3")
+    add_render_options(p)
     p.add_argument("--index", type=int, default=None, help="render only the record at this 0-based index")
     # Output
     p.add_argument("--json", action="store_true", help="one JSON line per record: id, text, trained_spans, "
                    "input_ids, loss_mask")
     p.add_argument("--check-template", dest="check_template", metavar="T",
                    help="run the built-in battery on template T (.jinja) and print a verdict per case")
+
+
+def add_render_options(p: argparse.ArgumentParser, default_prompt_format: str | None = "auto") -> None:
+    """The flags that say how a record becomes text (shared with `trajtune build`; data_builders/render/options.py)."""
+    from ..data_builders.render.options import CALL_CONTENT, REASONING
+
+    p.add_argument("--prompt-format", dest="prompt_format", default=default_prompt_format,
+                   help="tool prompt format: auto (the template's own tools where it has them, else tool-prompt), "
+                        "none, tool-prompt, react or chatglm3 (default: auto)")
+    p.add_argument("--template-kwargs", dest="template_kwargs", nargs="+", metavar="KEY=VALUE",
+                   help="variables passed to the chat template (chat_template_kwargs), e.g. enable_thinking=false")
+    p.add_argument("--call-syntax", dest="call_syntax", metavar="NAME",
+                   help="call syntax of a template that ignores tool_calls and whose syntax cannot be inferred "
+                        "(hermes, llama3, mistral, pythonic, ...)")
+    p.add_argument("--reasoning", choices=list(REASONING),
+                   help="reasoning_content on a template with no place for it: inline (<think>...</think> before "
+                        "the answer) or drop (default: decline such records)")
+    p.add_argument("--call-content", dest="call_content", choices=list(CALL_CONTENT),
+                   help="text next to a tool call on a template that shows only one of them: drop (default: decline)")
+
+
+def render_options(args: argparse.Namespace):
+    """The RenderOptions of the parsed flags."""
+    from ..data_builders.render.options import RenderOptions, parse_template_kwargs
+
+    return RenderOptions(parse_template_kwargs(args.template_kwargs), args.call_syntax, args.reasoning,
+                         args.call_content)
 
 
 def _named(tok, path: str | None):
@@ -61,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data_builders.errors import TrajtuneError
     from ..data_builders.render import RenderError, check_template, render_with_mask
+    from ..data_builders.render.prompt_formats import announce_prompt_format
     from ..data_builders.tokenizer import load_tokenizer
     from ..data_builders.trajectory import InvalidRecord, iter_lines, parse_line, validate_record
 
@@ -77,13 +105,16 @@ def run(args: argparse.Namespace) -> int:
     if not args.data:
         raise TrajtuneError("give --data FILE.jsonl (or --check-template T.jinja)")
     tok = _named(load_tokenizer(args.tokenizer, args.template), args.template or args.tokenizer)
+    options = render_options(args)
+    if note := announce_prompt_format(tok, args.prompt_format, options):
+        print(f"render: {note}", file=sys.stderr)
     failed, idx = 0, -1
     for idx, (line_no, raw) in enumerate(iter_lines(args.data)):
         if args.index is not None and idx != args.index:
             continue
         try:
             record = validate_record(parse_line(raw))
-            r = render_with_mask(record, tok, args.prompt_format)
+            r = render_with_mask(record, tok, args.prompt_format, options=options)
         except (InvalidRecord, RenderError) as e:
             print(f"{args.data}:{line_no}: cannot render: {e}", file=sys.stderr)
             failed += 1

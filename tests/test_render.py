@@ -418,7 +418,7 @@ def test_chatglm3_format_matches_chatglm3_tool_layout():
 def test_unknown_prompt_format_is_a_clear_error():
     from trajtune.data_builders.errors import TrajtuneError
 
-    with pytest.raises(TrajtuneError, match="choose one of tool-prompt, react, chatglm3"):
+    with pytest.raises(TrajtuneError, match="choose auto, none or one of tool-prompt, react, chatglm3"):
         render_with_mask(_case("single_call"), _tok("llama-2-chat"), "nope")
 
 
@@ -508,5 +508,5 @@ def test_reasoning_content_reaches_the_template_and_is_trained():
     r = render_with_mask(_chat("4", reasoning_content="add two and two"), _tok("qwen3"))
     assert _trained(r) == ["<think>\nadd two and two\n</think>\n\n4<|im_end|>"]
     # A template with no place for reasoning declines the record instead of dropping the thought.
-    with pytest.raises(RenderError, match="add two and two"):
+    with pytest.raises(RenderError, match="no place for reasoning; pass --reasoning inline"):
         render_with_mask(_chat("4", reasoning_content="add two and two"), _tok("qwen2.5-instruct"))

@@ -41,7 +41,7 @@ def test_index_renders_one_record_with_trained_text_shown(tmp_path, capsys):
 
 def test_record_the_template_cannot_express_exits_nonzero_with_the_reason(tmp_path, capsys):
     llama2 = str(TEMPLATES / "llama-2-chat.jinja")
-    assert main(["render", "--data", _data(tmp_path), "--template", llama2, "--json"]) == 1
+    assert main(["render", "--data", _data(tmp_path), "--template", llama2, "--prompt-format", "none", "--json"]) == 1
     captured = capsys.readouterr()
     assert "d.jsonl:1: cannot render: template_cannot_express: llama-2-chat.jinja" in captured.err
     assert "--prompt-format" in captured.err
@@ -71,7 +71,21 @@ def test_cli_flags_are_frozen():
     p = argparse.ArgumentParser()
     add_arguments(p)
     assert sorted(a.dest for a in p._actions if a.dest != "help") == [
-        "check_template", "data", "index", "json", "prompt_format", "template", "tokenizer"]
+        "call_content", "call_syntax", "check_template", "data", "index", "json", "prompt_format", "reasoning",
+        "template", "template_kwargs", "tokenizer"]
+
+
+def test_prompt_format_auto_is_the_default_and_is_announced(tmp_path, capsys):
+    """Llama-2's template has no tools: by default the built-in tool-prompt format renders them, said on stderr;
+    Qwen2.5's has its own, and nothing is said."""
+    llama2 = str(TEMPLATES / "llama-2-chat.jinja")
+    assert main(["render", "--data", _data(tmp_path), "--template", llama2, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "--prompt-format auto renders tools and calls with the built-in 'tool-prompt' format" in captured.err
+    first = json.loads(captured.out.splitlines()[0])
+    assert '```json\n{"name": "get_weather", "parameters": {"city": "Beijing"}}\n```' in first["text"]
+    assert main(["render", "--data", _data(tmp_path), "--template", QWEN, "--json"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_tokenizer_dir_uses_its_own_chat_template(tmp_path, capsys):

@@ -112,12 +112,19 @@ def plain_renders() -> list[tuple[str, str, object, object]]:
 def _native(tok, messages: list[dict]) -> str:
     """apply_chat_template's text; for a template with no system role, of the messages with the system text folded
     into the first user turn (as the renderer does, test_render_conventions.py)."""
-    if messages[0]["role"] == "system" and template_profile(tok).system_fold:
+    prof = template_profile(tok)
+    if messages[0]["role"] == "system" and prof.system_fold:
         messages = [{**messages[1], "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}, *messages[2:]]
+    if prof.tools_where == "functions_message":  # FireFunction v1 demands a `functions` message, tools or not
+        at = 1 if messages[0]["role"] == "system" else 0
+        messages = [*messages[:at], {"role": "functions", "content": "[]"}, *messages[at:]]
+    messages = [{**m, "content": [{"type": "text", "text": m["content"]}]} if m["role"] in prof.content_parts else m
+                for m in messages]  # Gemma 3 1B reads the system text as content[0].text
+    extra = {"functions": "[]"} if prof.tools_where == "functions" else {}  # FireFunction v2's variable
     try:
-        return tok.apply_chat_template(messages, tokenize=False)
+        return tok.apply_chat_template(messages, tokenize=False, **extra)
     except TypeError:  # a template that loops over `tools` unguarded (Hermes-2-Pro): the renderer passes []
-        return tok.apply_chat_template(messages, tools=[], tokenize=False)
+        return tok.apply_chat_template(messages, tools=[], tokenize=False, **extra)
 
 
 def template_profile(tok):

@@ -8,6 +8,7 @@ REASONS = {
     "template_cannot_express": "the chat template has no way to show this record (tools, a call, content + call)",
     "template_error": "the chat template raised an error on this record",
     "not_prefix_stable": "the template renders history differently from a generation prompt, so no exact mask",
+    "template_variable": "the chat template reads a variable nothing gives (pass it with --template-kwargs)",
     "no_stop_token": "the template writes no end-of-turn token after this kind of message",
     "mask_mismatch": "the trained span is not the assistant message's own text",
     "token_straddles_boundary": "a token spans both trained and untrained text",

@@ -15,7 +15,9 @@ from ..errors import TrajtuneError
 from ..trajectory import Trajectory
 from .encode import encode_masked
 from .errors import RenderError
+from .options import RenderOptions
 from .profile import template_name
+from .prompt_formats import resolve_prompt_format
 from .shape import template_messages
 from .spans import render_context, spans_by_header, spans_by_prefix
 
@@ -29,24 +31,26 @@ class Rendered:
 
 
 def render_with_mask(record: Trajectory, tokenizer, prompt_format: str | None = None,
-                     exhaustive: bool = False) -> Rendered:
+                     exhaustive: bool = False, options: RenderOptions | None = None) -> Rendered:
     """Render `record` (canonical, validated) with `tokenizer`'s chat template and mask what is trained.
 
     Returns the text, ids, a mask (1 = trained token) and the trained character spans. Raises RenderError
     (with `.reason`) when the template cannot express the record or the mask cannot be proven exact.
     With `exhaustive=True` every trained message is located by prefix rendering (2 extra renders each);
     otherwise templates that pass `fast_path_ok` use one render and their own generation header (see
-    `spans_by_header`), falling back to prefix rendering on any doubt.
+    `spans_by_header`), falling back to prefix rendering on any doubt. `prompt_format` "auto": the template's
+    own tools where it has them, else tool-prompt (`resolve_prompt_format`); `options`: options.py.
     Example: `render_with_mask(rec, byte_level_tokenizer(qwen_template)).trained_spans` -> [(412, 440)].
     """
-    full, spans, where = _render_spans(record, tokenizer, prompt_format, exhaustive)
+    full, spans, where = _render_spans(record, tokenizer, prompt_format, exhaustive, options)
     result = encode_masked(tokenizer, [(full, spans, where)])[0]
     if isinstance(result, RenderError):
         raise result
     return Rendered(full, *result, spans)
 
 
-def render_batch(records: list[Trajectory], tokenizer, prompt_format: str | None = None) -> list[Rendered | RenderError]:
+def render_batch(records: list[Trajectory], tokenizer, prompt_format: str | None = None,
+                 options: RenderOptions | None = None) -> list[Rendered | RenderError]:
     """`render_with_mask` of each record, with the texts tokenized ENCODE_CHUNK per call (the build's path:
     tokenizing is most of a record's cost, and one call per chunk saves the per-call overhead).
 
@@ -57,7 +61,7 @@ def render_batch(records: list[Trajectory], tokenizer, prompt_format: str | None
     todo: list[tuple[int, str, list[tuple[int, int]], str]] = []  # (index in out, text, spans, where)
     for record in records:
         try:
-            full, spans, where = _render_spans(record, tokenizer, prompt_format)
+            full, spans, where = _render_spans(record, tokenizer, prompt_format, False, options)
         except RenderError as e:
             out.append(e)
             continue
@@ -68,11 +72,13 @@ def render_batch(records: list[Trajectory], tokenizer, prompt_format: str | None
     return out  # type: ignore[return-value]  (every None was replaced)
 
 
-def _render_spans(record: Trajectory, tokenizer, prompt_format: str | None = None,
-                  exhaustive: bool = False) -> tuple[str, list[tuple[int, int]], str]:
+def _render_spans(record: Trajectory, tokenizer, prompt_format: str | None = None, exhaustive: bool = False,
+                  options: RenderOptions | None = None) -> tuple[str, list[tuple[int, int]], str]:
     """The text and trained spans of `render_with_mask` (no tokens), and the name errors give the template."""
+    options = options or RenderOptions()
     template = tokenizer.chat_template
     where = template_name(tokenizer)
+    prompt_format = resolve_prompt_format(tokenizer, prompt_format, options)
     if prompt_format is not None:
         from .prompt_formats import apply_prompt_format
 
@@ -81,8 +87,8 @@ def _render_spans(record: Trajectory, tokenizer, prompt_format: str | None = Non
             template, where = override, f"{where} (prompt format {prompt_format})"
     if not isinstance(template, str) or not template:
         raise TrajtuneError(f"{where} has no chat template; pass --template FILE.jinja")
-    ctx = render_context(template, tokenizer)
-    msgs, tools = template_messages(record, template, ctx.profile, where)
+    ctx = render_context(template, tokenizer, options.template_kwargs)
+    msgs, tools = template_messages(record, template, ctx.profile, where, options)
     if not any(m.trained for m in msgs):
         raise RenderError("nothing_trained", f"{where}: record {record.get('id', '?')} has no trained message")
     for m in msgs:

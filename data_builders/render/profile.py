@@ -52,8 +52,9 @@ def probe_call(i: int = 1, name: str = "probe_fn") -> dict:
 
 @dataclass(frozen=True)
 class TemplateProfile:
-    tools_where: str  # "kwarg" | "system_list" | "system_string" | "none"
-    native_calls: bool  # the template renders `tool_calls` itself
+    tools_where: str  # "kwarg" | "functions" (the `functions` variable, JSON: FireFunction v2) | "functions_message"
+    # (a `functions` role message: FireFunction v1) | "system_list" | "system_string" | "none"
+    native_calls: bool  # the template renders `tool_calls` itself (in whatever syntax: JSON, <parameter=..>, ...)
     content_none: bool  # a call-only message needs content None (not "")
     args_as_string: bool  # the template wants arguments as a JSON string
     one_call_per_turn: bool  # parallel calls become call/result, call/result turns
@@ -66,6 +67,20 @@ class TemplateProfile:
     needs_tool_list: bool  # the template loops over `tools` unguarded (Hermes-2-Pro): pass [] rather than None
     system_fold: bool = False  # the template rejects or drops a system message (Gemma 2, Mistral v0.1-v0.3, Phi-3-
     # medium): its text opens the first user turn instead, "SYSTEM\n\nUSER", as Gemma 3's and Mistral's templates do
+    content_parts: frozenset[str] = frozenset()  # roles whose content it reads as parts (Gemma 3: content[0].text)
+    fill_tool_fields: bool = False  # it reads tool / parameter descriptions unguarded: missing ones are given as ""
+    missing_vars: tuple[str, ...] = ()  # variables it needs that nothing gives (FireFunction v2's `datetime`)
+    reasoning_field: str | None = None  # where it reads an assistant's reasoning: reasoning_content, thinking, ...
+    ids_name_calls: bool = False  # it writes a call's id, not its name (Kimi K2): ids become functions.NAME:INDEX
+
+
+def render_shaped(template: str, prof: TemplateProfile, special: dict, messages: list[dict], tools: list | None,
+                  add_generation_prompt: bool) -> str:
+    """`render_text` of messages shaped for `prof` (shape.py): a template that reads its tool list as the
+    `functions` variable (FireFunction v2) gets it there, as the JSON text it concatenates."""
+    if prof.tools_where == "functions":
+        special = {**special, "functions": json.dumps(tools or [], ensure_ascii=False)}
+    return render_text(template, messages, tools, add_generation_prompt, special)
 
 
 def try_render(template: str, special: dict, messages: list[dict], tools=None) -> str | None:
@@ -81,49 +96,116 @@ def with_call(msg_calls: list[dict], content, args_as_string: bool) -> dict:
     return {"role": "assistant", "content": content, "tool_calls": calls}
 
 
+def kimi_call_id(name: str, index: int) -> str:
+    """Kimi K2's call id, which its template writes in place of the name: `functions.NAME:INDEX` (INDEX counts the
+    calls of the conversation from 0)."""
+    return f"functions.{name}:{index}"
+
+
+def parts(text) -> list[dict]:
+    """Content as a list of parts, for roles in `TemplateProfile.content_parts`."""
+    return [{"type": "text", "text": text}]
+
+
+def _needed_vars(template: str, special: dict) -> dict[str, str]:
+    """Placeholders for the variables the template reads unguarded and nothing passes (a render raises
+    UndefinedError naming them): `functions` (a tool list) and others (FireFunction v2's `datetime`)."""
+    from jinja2.exceptions import UndefinedError
+
+    extra: dict[str, str] = {}
+    for _ in range(8):
+        try:
+            render_text(template, [{"role": "user", "content": "probe_user"}], None, True, {**special, **extra})
+            break
+        except UndefinedError as e:
+            m = re.match(r"'(\w+)' is undefined", str(e))
+            if m is None or m.group(1) in extra:
+                break
+            extra[m.group(1)] = "[]" if m.group(1) == "functions" else f"probe_{m.group(1)}"
+        except Exception:  # any other rejection is for the probes below to measure
+            break
+    return extra
+
+
+def shows_call(text: str | None, i: int = 1, name: str = "probe_fn", json_only: bool = False) -> bool:
+    """The render shows call i after the user's turn: its name and argument value. `json_only`: as JSON. Never a
+    Python dict repr (`{'probe_key': ...}`) nor double-encoded JSON: those are no syntax a model is taught."""
+    after = (text or "").split("probe_user", 1)[-1]
+    if text is None or name not in after or re.search(rf"'probe_key': ?'probe_v{i}'|\\\"probe_v{i}", after):
+        return False
+    return re.search(rf'"probe_key": ?"probe_v{i}"', after) is not None if json_only else f"probe_v{i}" in after
+
+
 @lru_cache(maxsize=64)
 def profile_template(template: str, special_items: tuple = ()) -> TemplateProfile:
     """Measure how `template` shows tools, calls and results by rendering small probe conversations."""
     special = dict(special_items)
+    needed = _needed_vars(template, special)
+    missing = tuple(k for k in needed if k != "functions")
+    special = {**special, **needed}  # probe as if given, so the rest is measured
     user = {"role": "user", "content": "probe_user"}
-    sys_user = [{"role": "system", "content": "probe_sys"}, user]
-    needs_list = any(try_render(template, special, m) is None and try_render(template, special, m, []) is not None
-                     for m in (sys_user, [user]))
+    needs_list = try_render(template, special, [user]) is None and try_render(template, special, [user], []) is not None
     no_tools = [] if needs_list else None
+
+    def renders(msgs: list[dict], *texts: str, tools=no_tools) -> bool:
+        out = try_render(template, special, msgs, tools)
+        return out is not None and all(t in out for t in texts)
+
+    part_roles = set()
+    if not renders([user], "probe_user") and renders([{**user, "content": parts("probe_user")}], "probe_user"):
+        part_roles.add("user")
+        user = {**user, "content": parts("probe_user")}
+    answer = {"role": "assistant", "content": "probe_v1"}
+    system = {"role": "system", "content": "probe_sys"}
+    if not renders([system, user, answer], "probe_sys") and renders([{**system, "content": parts("probe_sys")}, user,
+                                                                      answer], "probe_sys"):
+        part_roles.add("system")
+        system = {**system, "content": parts("probe_sys")}
     # A system message the template rejects (raise_exception) or drops (Mistral v0.3 keeps it only when the
     # conversation ends on a user turn, so probe with an answer last) is folded into the first user turn.
-    answer = {"role": "assistant", "content": "probe_v1"}
-    kept = try_render(template, special, [*sys_user, answer], no_tools)
-    folded = try_render(template, special, [{"role": "user", "content": "probe_sys\n\nprobe_user"}, answer], no_tools)
-    system_fold = (kept is None or "probe_sys" not in kept) and folded is not None and "probe_sys" in folded
-    if system_fold:
-        sys_user = [user]
+    folded = {**user, "content": parts("probe_sys\n\nprobe_user") if "user" in part_roles else "probe_sys\n\nprobe_user"}
+    system_fold = not renders([system, user, answer], "probe_sys") and renders([folded, answer], "probe_sys")
+    sys_user = [user] if system_fold else [system, user]
 
-    tools_where = "none"
-    out = try_render(template, special, sys_user, PROBE_TOOLS)
-    if out and "probe_fn" in out:
-        tools_where = "kwarg"
-    else:
-        for where, value in (("system_list", PROBE_TOOLS), ("system_string", json.dumps(PROBE_TOOLS)))[
-                :0 if system_fold else 2]:
-            out = try_render(template, special, [{**sys_user[0], "tools": value}, sys_user[1]])
-            if out and "probe_fn" in out:
-                tools_where = where
-                break
-    tools = PROBE_TOOLS if tools_where == "kwarg" else no_tools
-    base = sys_user if tools_where in ("kwarg", "none") else [{**sys_user[0], "tools": (
-        PROBE_TOOLS if tools_where == "system_list" else json.dumps(PROBE_TOOLS))}, sys_user[1]]
+    tools_where, tools, base = "none", no_tools, sys_user
+    functions = {"role": "functions", "content": json.dumps(PROBE_TOOLS)}
+    for where, msgs, kw, extra in (
+            ("kwarg", sys_user, PROBE_TOOLS, {}),
+            ("functions", sys_user, no_tools, {"functions": json.dumps(PROBE_TOOLS)}),
+            ("functions_message", [*sys_user[:-1], functions, user], no_tools, {}),
+            ("system_list", [{**system, "tools": PROBE_TOOLS}, user], no_tools, {}),
+            ("system_string", [{**system, "tools": json.dumps(PROBE_TOOLS)}, user], no_tools, {})):
+        if (where.startswith("system") and system_fold) or (where == "functions" and "functions" not in needed) or (
+                where == "functions_message" and renders(sys_user)):  # a role only for templates that demand it
+            continue
+        out = try_render(template, {**special, **extra}, msgs, kw)
+        if out and "probe_fn" in out:
+            tools_where, tools, base = where, kw, msgs
+            special = {**special, **extra}
+            break
+    if tools_where != "functions" and "functions" in needed:  # reads `functions`, but not as a tool list
+        missing += ("functions",)
+    fill = False
+    if tools_where in ("kwarg", "functions"):
+        bare = [{"type": "function", "function": {"name": "probe_fn", "parameters": {
+            "type": "object", "properties": {"probe_key": {"type": "string"}}}}}]
+        kw, extra = (bare, {}) if tools_where == "kwarg" else (no_tools, {"functions": json.dumps(bare)})
+        fill = try_render(template, {**special, **extra}, sys_user, kw) is None
 
-    def shows_json_args(text: str | None, i: int = 1) -> bool:
-        # The arguments must appear as JSON, not as a Python repr nor double-encoded.
-        return text is not None and re.search(rf'(?<!\\)"probe_key": ?"probe_v{i}"', text) is not None
+    state = {"named": False}  # probe call ids as Kimi K2's functions.NAME:INDEX
 
-    native = None
-    for content_none, as_string in ((False, False), (True, False), (False, True), (True, True)):
-        out = try_render(template, special, base + [with_call([probe_call()], None if content_none else "", as_string)],
-                   tools)
-        if shows_json_args(out) and "probe_fn" in out.split("probe_user", 1)[-1]:
-            native = (content_none, as_string)
+    def call_render(calls: list[dict], content, as_string: bool) -> str | None:
+        if state["named"]:
+            calls = [{**c, "id": kimi_call_id(c["function"]["name"], k)} for k, c in enumerate(calls)]
+        return try_render(template, special, base + [with_call(calls, content, as_string)], tools)
+
+    # Native calls: first as JSON arguments, then in any syntax that shows the argument values (Qwen3-Coder's
+    # <parameter=probe_key>probe_v1, GLM-4.5's <arg_value>probe_v1): the template's own text is what is trained.
+    forms = ((False, False), (True, False), (False, True), (True, True))
+    for state["named"] in (False, True):  # Kimi K2 writes the id where the name goes: functions.NAME:INDEX
+        native = next((f for json_only in (True, False) for f in forms
+                       if shows_call(call_render([probe_call()], None if f[0] else "", f[1]), json_only=json_only)), None)
+        if native is not None:
             break
     text_syntax = None
     if native is None:
@@ -131,14 +213,14 @@ def profile_template(template: str, special_items: tuple = ()) -> TemplateProfil
         content_none, as_string = False, False
     else:
         content_none, as_string = native
+    out = call_render([probe_call()], None if content_none else "", as_string)
 
     one_call, with_content, ids_rendered = True, True, False
     if native is not None:
-        two = try_render(template, special, base + [with_call([probe_call(1), probe_call(2, "probe_gn")], None
-                                                          if content_none else "", as_string)], tools)
-        one_call = not (shows_json_args(two, 1) and shows_json_args(two, 2) and "probe_gn" in two)
-        said = try_render(template, special, base + [with_call([probe_call()], "probe_said", as_string)], tools)
-        with_content = said is not None and "probe_said" in said and shows_json_args(said)
+        two = call_render([probe_call(1), probe_call(2, "probe_gn")], None if content_none else "", as_string)
+        one_call = not (shows_call(two, 1) and shows_call(two, 2, "probe_gn"))
+        said = call_render([probe_call()], "probe_said", as_string)
+        with_content = said is not None and "probe_said" in said and shows_call(said)
         ids_rendered = "probecall1" in (out or "")
     else:
         from ..tool_calls import ONE_CALL_PER_TURN
@@ -154,10 +236,13 @@ def profile_template(template: str, special_items: tuple = ()) -> TemplateProfil
         tool_role = "user"
     quote_results = out is not None and '\\"probe_out\\"' in out
     strict = try_render(template, special, [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
-                  no_tools) is None
+                        no_tools) is None
+    # Reasoning: the field the template shows for the last assistant turn (gpt-oss reads `thinking`).
+    reasoning = next((f for f in ("reasoning_content", "thinking", "reasoning")
+                      if renders([*sys_user, {**answer, f: "probe_rsn"}], "probe_rsn", "probe_v1")), None)
     return TemplateProfile(tools_where, native is not None, content_none, as_string, one_call, with_content,
-                           text_syntax, tool_role, quote_results, ids_rendered, strict, needs_list, system_fold)
-
+                           text_syntax, tool_role, quote_results, ids_rendered, strict, needs_list, system_fold,
+                           frozenset(part_roles), fill, missing, reasoning, state["named"] and native is not None)
 
 
 def special_kwargs(tokenizer) -> dict[str, str]:

@@ -30,11 +30,44 @@ PROMPT_FORMATS = {
 }
 
 
+AUTO = "auto"  # the default: the template's own tools where it has them, else tool-prompt
+
+
+def resolve_prompt_format(tokenizer, prompt_format: str | None, options=None) -> str | None:
+    """The prompt format to render with: None/"none" -> None (the template alone); "auto" -> None where the
+    template shows tools or calls itself (or --call-syntax names its syntax), else "tool-prompt"; a name -> it.
+    Example: with Llama-2's template (no tools), "auto" gives "tool-prompt"; with Qwen2.5's, None."""
+    from .profile import profile_template, special_kwargs
+
+    if prompt_format in (None, "none"):
+        return None
+    if prompt_format != AUTO:
+        format_template(prompt_format)  # validates the name
+        return prompt_format
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str) or not template:
+        return None
+    kwargs = dict(options.template_kwargs) if options is not None else {}
+    prof = profile_template(template, tuple(sorted({**special_kwargs(tokenizer), **kwargs}.items())))
+    own = prof.tools_where != "none" or prof.native_calls or prof.text_syntax or (options and options.call_syntax)
+    return None if own else "tool-prompt"
+
+
+def announce_prompt_format(tokenizer, prompt_format: str | None, options=None) -> str | None:
+    """The line to print on stderr when "auto" picks a built-in prompt format (None when it keeps the template)."""
+    chosen = resolve_prompt_format(tokenizer, prompt_format, options)
+    if prompt_format != AUTO or chosen is None:
+        return None
+    name = getattr(tokenizer, "name_or_path", "") or "the chat template"
+    return (f"{name} has no tools of its own: --prompt-format auto renders tools and calls with the built-in "
+            f"{chosen!r} format ({PROMPT_FORMATS[chosen]}); pass --prompt-format none to keep the template alone")
+
+
 @lru_cache(maxsize=8)
 def format_template(name: str) -> str:
     """The text of prompt_formats/<name>.jinja."""
     if name not in PROMPT_FORMATS:
-        raise TrajtuneError(f"unknown prompt format {name!r}; choose one of {', '.join(PROMPT_FORMATS)}")
+        raise TrajtuneError(f"unknown prompt format {name!r}; choose auto, none or one of {', '.join(PROMPT_FORMATS)}")
     return (FORMATS_DIR / f"{name}.jinja").read_text()
 
 
@@ -45,8 +78,11 @@ def _system_prompt(name: str, system: str, tools: list) -> str:
 
 
 def _loss(src: Message, out: dict) -> dict:
-    if "loss" in src:
-        out["loss"] = src["loss"]
+    """`out` with what travels with its message: the loss flag, and the reasoning (placed or declined later, by
+    the template's own rules: a prompt format never drops it)."""
+    for key in ("loss", "reasoning_content"):
+        if key in src and (key == "loss" or out.get("role") == "assistant"):
+            out[key] = src[key]
     return out
 
 

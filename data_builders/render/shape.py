@@ -12,9 +12,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import TrajtuneError
 from ..trajectory import Trajectory, message_trained
 from .errors import RenderError
-from .profile import TemplateProfile, with_call
+from .options import RenderOptions
+from .profile import TemplateProfile, kimi_call_id, parts, with_call
 
 
 @dataclass
@@ -70,24 +72,45 @@ def _tool_list_text(tools: list) -> str:
     return "# Tools\n\n" + "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
 
 
-def template_messages(record: Trajectory, template: str, prof: TemplateProfile, where: str) -> tuple[list[TemplateMessage], list | None]:
-    """The record as this template wants it, and the `tools=` to pass. Raises RenderError when the template
-    cannot express the record."""
-    from ..tool_calls import mistral_call_id
+def call_syntax_of(prof: TemplateProfile, opts: RenderOptions, where: str) -> str | None:
+    """The call syntax calls are written in as text (None: the template writes calls itself, or none is known)."""
+    if opts.call_syntax is not None and prof.native_calls:
+        raise TrajtuneError(f"{where}: --call-syntax {opts.call_syntax}: the template writes tool calls itself, in its "
+                            "own syntax; --call-syntax is for templates that ignore tool_calls")
+    return None if prof.native_calls else opts.call_syntax or prof.text_syntax
 
+
+def template_messages(record: Trajectory, template: str, prof: TemplateProfile, where: str,
+                      opts: RenderOptions | None = None) -> tuple[list[TemplateMessage], list | None]:
+    """The record as this template wants it, and the `tools=` to pass. Raises RenderError when the template
+    cannot express the record (the message names the option that would), TrajtuneError for options that
+    contradict the template."""
+    from ..tool_calls import ONE_CALL_PER_TURN, SYNTAXES, mistral_call_id
+
+    opts = opts or RenderOptions()
+    if prof.missing_vars:
+        name = prof.missing_vars[0]
+        raise RenderError("template_variable", f"{where}: the template reads the variable {name!r}, which no record "
+                          f"gives; pass it with --template-kwargs {name}=VALUE")
     tools = record.get("tools") or []
     messages = record["messages"]
     has_calls = any(m.get("tool_calls") for m in messages)
-    if (tools or has_calls) and prof.tools_where == "none" and not prof.native_calls and prof.text_syntax is None:
+    syntax = call_syntax_of(prof, opts, where)
+    if (tools or has_calls) and prof.tools_where == "none" and not prof.native_calls and syntax is None:
         raise RenderError("template_cannot_express", f"{where}: the template has no tools, tool calls or tool "
-                          "results; choose a prompt format (--prompt-format tool-prompt, react or chatglm3)")
-    if has_calls and not prof.native_calls and prof.text_syntax is None:
+                          "results; choose a prompt format (--prompt-format auto, tool-prompt, react or chatglm3)")
+    if has_calls and not prof.native_calls and syntax is None:
         raise RenderError("template_cannot_express", f"{where}: the template ignores tool_calls and its call syntax "
-                          "is unknown; choose a prompt format (--prompt-format tool-prompt, react or chatglm3)")
-    pairs = interleave_results(messages) if prof.one_call_per_turn else list(enumerate(messages))
+                          f"cannot be inferred from it; name it with --call-syntax NAME ({', '.join(SYNTAXES)}) or "
+                          "choose a prompt format (--prompt-format tool-prompt, react or chatglm3)")
+    one_call = prof.one_call_per_turn if syntax is None or opts.call_syntax is None else syntax in ONE_CALL_PER_TURN
+    pairs = interleave_results(messages) if one_call else list(enumerate(messages))
     ids = {}
     if prof.ids_rendered and "[TOOL_CALLS]" in template:
         ids = {c["id"]: mistral_call_id(c["id"]) for m in messages for c in m.get("tool_calls") or []}
+    elif prof.ids_name_calls:
+        all_calls = [c for m in messages for c in m.get("tool_calls") or []]
+        ids = {c["id"]: kimi_call_id(c["function"]["name"], k) for k, c in enumerate(all_calls)}
 
     out: list[TemplateMessage] = []
     for src, m in pairs:
@@ -95,17 +118,18 @@ def template_messages(record: Trajectory, template: str, prof: TemplateProfile, 
         msg: dict[str, Any] = {"role": role, "content": content if content is not None else ""}
         if "metadata" in m:  # prompt formats (chatglm3) put the called function's name there
             msg["metadata"] = m["metadata"]
-        if "reasoning_content" in m:  # templates that read it (Qwen3, DeepSeek-R1); _expected_pieces checks it is kept
-            msg["reasoning_content"] = m["reasoning_content"]
         calls = m.get("tool_calls") or []
         if role == "assistant" and calls:
             if prof.native_calls:
                 if content and not prof.content_with_calls:
-                    raise RenderError("template_cannot_express", f"{where}: message {src} has content next to a "
-                                      "tool call, and the template drops one of them")
+                    if opts.call_content != "drop":
+                        raise RenderError("template_cannot_express", f"{where}: message {src} has text next to a tool "
+                                          "call, and the template shows only one of them; pass --call-content drop to "
+                                          "train the call alone, or use --prompt-format tool-prompt, which shows both")
+                    content = None
                 msg = with_call([{**c, "id": ids.get(c["id"], c["id"])} for c in calls],
                                  content if content else (None if prof.content_none else ""), prof.args_as_string)
-            elif prof.text_syntax == "glm4":  # GLM-4: the function name goes in `metadata`, the JSON in content
+            elif syntax == "glm4":  # GLM-4: the function name goes in `metadata`, the JSON in content
                 name, _, body = format_calls(calls, "glm4", where).partition("\n")
                 msg = {"role": "assistant", "metadata": name, "content": body}
                 if content:  # GLM-4 writes text, then `<|assistant|>name` for the call, in one generation
@@ -113,7 +137,7 @@ def template_messages(record: Trajectory, template: str, prof: TemplateProfile, 
                     out.append(TemplateMessage(msg, src, message_trained(m), cont=True, calls=True))
                     continue
             else:
-                text = format_calls(calls, prof.text_syntax, where)
+                text = format_calls(calls, syntax, where)
                 msg = {"role": "assistant", "content": f"{content}\n{text}" if content else text}
         elif role == "tool":
             msg = {"role": prof.tool_role, "content": content or "", "name": m.get("name", "")}
@@ -126,14 +150,24 @@ def template_messages(record: Trajectory, template: str, prof: TemplateProfile, 
                         msg["content"] = parsed  # so the template's tojson writes the JSON, not a quoted string
                 except json.JSONDecodeError:
                     pass
+        if role == "assistant" and "reasoning_content" in m:
+            msg = _with_reasoning(msg, m["reasoning_content"], prof, opts, src, where)
+        if role in prof.content_parts and isinstance(msg.get("content"), str):
+            msg = {**msg, "content": parts(msg["content"])}
         out.append(TemplateMessage(msg, src, message_trained(m), cont=bool(m.get("continues_turn")),
                                    calls=role == "assistant" and bool(calls or m.get("metadata"))))
 
     if prof.strict_alternation:
         out = _merge_same_role(out, where)
     kw_tools = [] if prof.needs_tool_list else None
-    if tools and prof.tools_where == "kwarg":
-        kw_tools = tools
+    if prof.fill_tool_fields:
+        tools = [_filled(t) for t in tools]
+    if tools and prof.tools_where in ("kwarg", "functions"):
+        kw_tools = tools  # "functions": render_shaped passes them as the `functions` variable too
+    elif prof.tools_where == "functions_message":  # FireFunction v1: [system,] functions, then the conversation
+        at = 1 if out and out[0].msg["role"] == "system" else 0
+        out.insert(at, TemplateMessage({"role": "functions", "content": json.dumps(tools, ensure_ascii=False)}, -1,
+                                       False))
     elif tools and prof.tools_where in ("system_list", "system_string", "none"):
         value = tools if prof.tools_where == "system_list" else json.dumps(tools, ensure_ascii=False)
         if out and out[0].msg["role"] == "system":
@@ -149,6 +183,33 @@ def template_messages(record: Trajectory, template: str, prof: TemplateProfile, 
     if prof.system_fold:
         out = _fold_system(out, where)
     return out, kw_tools
+
+
+def _with_reasoning(msg: dict, reasoning: str, prof: TemplateProfile, opts: RenderOptions, src: int,
+                    where: str) -> dict:
+    """The assistant message with its reasoning where the template reads it (`reasoning_content`, gpt-oss's
+    `thinking`), or as --reasoning asks; with neither, an error naming the option (never dropped silently)."""
+    if opts.reasoning == "drop" or not reasoning:
+        return msg
+    if opts.reasoning == "inline":
+        body = msg.get("content") or ""
+        return {**msg, "content": f"<think>\n{reasoning}\n</think>\n\n{body}" if body else f"<think>\n{reasoning}\n</think>"}
+    if prof.reasoning_field is None:
+        raise RenderError("template_cannot_express", f"{where}: message {src} has reasoning_content, and the template "
+                          "has no place for reasoning; pass --reasoning inline (<think>...</think> before the answer) "
+                          "or --reasoning drop")
+    return {**msg, prof.reasoning_field: reasoning}
+
+
+def _filled(tool: dict) -> dict:
+    """A tool whose missing descriptions are "" (for templates that read them unguarded, Hermes-2-Pro, gpt-oss)."""
+    fn = {"description": "", **tool["function"]}
+    params = fn.get("parameters") or {}
+    props = params.get("properties")
+    if isinstance(props, dict):
+        fn["parameters"] = {**params, "properties": {k: {"description": "", **v} if isinstance(v, dict) else v
+                                                     for k, v in props.items()}}
+    return {**tool, "function": fn}
 
 
 def _fold_system(msgs: list[TemplateMessage], where: str) -> list[TemplateMessage]:

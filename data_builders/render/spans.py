@@ -21,7 +21,15 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from .errors import RenderError
-from .profile import TemplateProfile, profile_template, render_text, special_kwargs, try_render
+from .profile import (
+    TemplateProfile,
+    parts,
+    profile_template,
+    render_shaped,
+    render_text,
+    special_kwargs,
+    try_render,
+)
 from .shape import TemplateMessage
 from .stops import KINDS, StopTokens, added_tokens, kind_of, stop_tokens_of
 
@@ -55,8 +63,9 @@ def _expected_pieces(msg: dict) -> list[str]:
         # train the answer without the thought the model writes before it, so such a record is declined.
         reasoning, _, answer = content.rpartition("</think>")
         pieces += [answer.strip(), reasoning.replace("<think>", "").strip()]
-    if isinstance(msg.get("reasoning_content"), str):
-        pieces.append(msg["reasoning_content"].strip())
+    for field in ("reasoning_content", "thinking", "reasoning"):  # wherever the template reads it (profile.py)
+        if isinstance(msg.get(field), str):
+            pieces.append(msg[field].strip())
     pieces += [c["function"]["name"] for c in msg.get("tool_calls") or []]
     if msg.get("metadata"):
         pieces.append(msg["metadata"])
@@ -75,15 +84,18 @@ class RenderContext:
     fast: bool
 
 
-_LAST_CTX: list = [None, None, None]  # (tokenizer, template, ctx): the build renders millions with one pair
+_LAST_CTX: list = [None, None, None, None]  # (tokenizer, template, kwargs, ctx): the build renders millions with one
 
 
-def render_context(template: str, tokenizer) -> RenderContext:
-    if _LAST_CTX[0] is tokenizer and _LAST_CTX[1] is template:
-        return _LAST_CTX[2]
-    special = special_kwargs(tokenizer)
+def render_context(template: str, tokenizer, template_kwargs: tuple = ()) -> RenderContext:
+    """The measured facts of `template` with `tokenizer` (profile, stop tokens, header, fast path), cached.
+    `template_kwargs` (sorted pairs, options.py) are passed to the template beside bos/eos, as
+    apply_chat_template passes chat_template_kwargs."""
+    if _LAST_CTX[0] is tokenizer and _LAST_CTX[1] is template and _LAST_CTX[2] == template_kwargs:
+        return _LAST_CTX[3]
+    special = {**special_kwargs(tokenizer), **dict(template_kwargs)}
     ctx = _context_cached(template, tuple(sorted(special.items())), added_tokens(tokenizer))
-    _LAST_CTX[:] = [tokenizer, template, ctx]
+    _LAST_CTX[:] = [tokenizer, template, template_kwargs, ctx]
     return ctx
 
 
@@ -93,8 +105,9 @@ def _context_cached(template: str, special_items: tuple, added: tuple[str, ...])
     stops = stop_tokens_of(template, special_items, added)
     tokens = sorted(stops.tokens(), key=len, reverse=True)
     stop_re = re.compile("|".join(map(re.escape, tokens))) if tokens else None
-    probe = [{"role": "user", "content": "probe_user"}]
-    no_tools = [] if profile_template(template, special_items).needs_tool_list else None
+    prof = profile_template(template, special_items)
+    probe = [{"role": "user", "content": parts("probe_user") if "user" in prof.content_parts else "probe_user"}]
+    no_tools = [] if prof.needs_tool_list else None
     plain = try_render(template, special, probe, no_tools)
     try:
         with_gen = render_text(template, probe, no_tools, True, special)
@@ -112,7 +125,7 @@ def _context_cached(template: str, special_items: tuple, added: tuple[str, ...])
 
 def _render(ctx: RenderContext, plain: list[dict], tools, gen: bool, where: str, what: str) -> str:
     try:
-        return render_text(ctx.template, plain, tools, gen, ctx.special)
+        return render_shaped(ctx.template, ctx.profile, ctx.special, plain, tools, gen)
     except Exception as e:  # jinja's raise_exception, or a TypeError on a value the template cannot take
         raise RenderError("template_error", f"{where}: rendering {what}: {type(e).__name__}: {e}") from None
 

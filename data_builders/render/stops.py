@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from .profile import PROBE_TOOLS, probe_call, profile_template, render_text, special_kwargs, try_render
+from .profile import PROBE_TOOLS, probe_call, profile_template, render_shaped, render_text, special_kwargs, try_render
 
 # kind -> what it is, as messages name it.
 KINDS = {
@@ -159,7 +159,10 @@ def stop_tokens_of(template: str, special_items: tuple, added: tuple[str, ...]) 
         except RenderError:
             found[kind] = None
             continue
-        text = try_render(template, special, [m.msg for m in msgs], kw_tools)
+        try:
+            text = render_shaped(template, prof, special, [m.msg for m in msgs], kw_tools, False)
+        except Exception:  # noqa: BLE001 (a probe the template rejects: no stop for this kind)
+            text = None
         u = text.find("probe_user") if text else -1
         nxt = text.find("probe_end", u) if text and kind in ("history", "call") else -1
         end = text.rfind("probe_v1", 0, nxt if nxt >= 0 else len(text)) if text else -1

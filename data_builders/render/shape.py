@@ -155,7 +155,8 @@ def template_messages(record: Trajectory, template: str, prof: TemplateProfile, 
         if role in prof.content_parts and isinstance(msg.get("content"), str):
             msg = {**msg, "content": parts(msg["content"])}
         out.append(TemplateMessage(msg, src, message_trained(m), cont=bool(m.get("continues_turn")),
-                                   calls=role == "assistant" and bool(calls or m.get("metadata"))))
+                                   # Calls as plain text are an ordinary answer to the template: its stop is an answer's.
+                                   calls=role == "assistant" and bool((calls and syntax is None) or msg.get("metadata"))))
 
     if prof.strict_alternation:
         out = _merge_same_role(out, where)

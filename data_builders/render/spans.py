@@ -170,8 +170,11 @@ def _check_pieces(ctx: RenderContext, full: str, span: tuple[int, int], m: Templ
                           f"{stop.group(0)!r}: the model would stop there, so no mask is right")
     missing = [p for p in pieces if p not in got]
     if missing:
+        reasoning = [m.msg.get(f) for f in ("reasoning_content", "thinking", "reasoning")]
+        hint = (": the template shows reasoning only on the last turn; pass --reasoning drop to train this record "
+                "without it" if any(isinstance(r, str) and r.strip() == missing[0] for r in reasoning) else "")
         raise RenderError("mask_mismatch", f"{where}: message {m.src}: the trained text {got!r} lacks {missing[0]!r} "
-                          "(the template drops it)")
+                          f"(the template drops it){hint}")
 
 
 def spans_by_header(ctx: RenderContext, msgs: list[TemplateMessage], tools, where: str) -> tuple[str, list[tuple[int, int]]] | None:

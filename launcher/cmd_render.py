@@ -5,9 +5,11 @@
 --call-content) prints each record's rendered text with the trained text highlighted (green on a terminal, inside
 `[[...]]` when piped or under NO_COLOR), or with `--json` one line per record `{"id", "text", "trained_spans",
 "input_ids", "loss_mask"}`. A record the template cannot express makes the command exit 1 with the reason.
-`trajtune render --check-template T.jinja` runs the built-in battery (plain chat, single call, parallel calls,
-content + call in one turn, two tool rounds, loss=false) and prints a verdict per case: the way to vet a new
-model's template before a long run.
+`trajtune render --check-template T.jinja` says how trajtune renders a new template: joint or per-turn (prefix
+stability), the stop token per kind of message, the folds and conventions it needs, the prompt format auto picks,
+then a verdict per case of the built-in battery (plain chat, single call, parallel calls, content + call in one
+turn, two tool rounds, loss=false, reasoning), each decline with the option that would fix it: the way to vet a
+new model's template before a long run.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data_builders.errors import TrajtuneError
     from ..data_builders.render import RenderError, check_template, render_with_mask
+    from ..data_builders.render.check import describe_template
     from ..data_builders.render.prompt_formats import announce_prompt_format
     from ..data_builders.tokenizer import load_tokenizer
     from ..data_builders.trajectory import InvalidRecord, iter_lines, parse_line, validate_record
@@ -96,7 +99,10 @@ def run(args: argparse.Namespace) -> int:
     colour = console.color_system is not None and not console.no_color  # off when piped unless FORCE_COLOR
     if args.check_template:
         tok = _named(load_tokenizer(args.tokenizer, args.check_template), args.check_template)
-        rows = check_template(tok, args.prompt_format)
+        options = render_options(args)
+        rows = check_template(tok, args.prompt_format, options)
+        for line in describe_template(tok, rows, args.prompt_format, options):
+            console.print(line, markup=False)
         for name, verdict, detail in rows:
             color = "green" if verdict == "ok" else "yellow"
             console.print(f"[{color}]{verdict:8}[/{color}] [bold]{name}[/bold]: ", end="")

@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import TEMPLATES
 
@@ -49,13 +50,34 @@ def test_record_the_template_cannot_express_exits_nonzero_with_the_reason(tmp_pa
     assert main(["render", "--data", _data(tmp_path), "--template", llama2, "--prompt-format", "react", "--json"]) == 0
 
 
+def _verdicts(out: str) -> dict[str, str]:
+    return {line.split()[1].rstrip(":"): line.split()[0] for line in out.splitlines()
+            if line.startswith(("ok ", "declined "))}
+
+
 def test_check_template_prints_a_verdict_per_case(capsys):
     assert main(["render", "--check-template", str(TEMPLATES / "llama-3.1-instruct.jinja")]) == 1
-    out = capsys.readouterr().out.splitlines()
-    verdicts = {line.split()[1].rstrip(":"): line.split()[0] for line in out}
-    assert verdicts == {"plain_chat": "ok", "single_call": "ok", "parallel_calls": "ok", "content_and_call": "declined",
-                        "two_rounds": "ok", "loss_false": "ok"}
-    assert main(["render", "--check-template", QWEN]) == 0
+    out = capsys.readouterr().out
+    assert _verdicts(out) == {"plain_chat": "ok", "single_call": "ok", "parallel_calls": "ok",
+                              "content_and_call": "declined", "two_rounds": "ok", "loss_false": "ok",
+                              "reasoning": "declined"}
+    assert "pass --call-content drop" in out and "pass --reasoning inline" in out  # each decline names its fix
+    assert main(["render", "--check-template", QWEN, "--reasoning", "inline"]) == 0
+
+
+def test_check_template_reports_rendering_stops_and_folds(capsys):
+    """For a new template: joint or not (prefix stability), the stop token per kind of message, the folds."""
+    corpus = Path(__file__).resolve().parent / "templates"
+    main(["render", "--check-template", str(corpus / "gpt-oss-120b.jinja")])
+    out = capsys.readouterr().out
+    assert "rendering: joint" in out
+    assert ("stop tokens: a final answer (the last message): <|return|>; an answer followed by another turn: <|end|>; "
+            "a tool-call message followed by its results: <|call|>") in out
+    main(["render", "--check-template", str(corpus / "gemma-2-2b-it.jinja")])
+    out = capsys.readouterr().out
+    assert "folds: system text folded into the first user turn" in out and "prompt format: tool-prompt" in out
+    main(["render", "--check-template", str(corpus / "qwq-32b.jinja")])
+    assert "rendering: not prefix-stable on " in capsys.readouterr().out
 
 
 def test_missing_inputs_are_user_errors(tmp_path, capsys):

@@ -172,7 +172,9 @@ def _check_pieces(ctx: RenderContext, full: str, span: tuple[int, int], m: Templ
     if missing:
         reasoning = [m.msg.get(f) for f in ("reasoning_content", "thinking", "reasoning")]
         hint = (": the template shows reasoning only on the last turn; pass --reasoning drop to train this record "
-                "without it" if any(isinstance(r, str) and r.strip() == missing[0] for r in reasoning) else "")
+                "without it" if any(isinstance(r, str) and r.strip() == missing[0] for r in reasoning) else
+                ": the template does not show text next to a tool call; pass --call-content drop to train the call alone"
+                if m.msg.get("tool_calls") and missing[0] in str(m.msg.get("content")) else "")
         raise RenderError("mask_mismatch", f"{where}: message {m.src}: the trained text {got!r} lacks {missing[0]!r} "
                           f"(the template drops it){hint}")
 

@@ -151,3 +151,22 @@ def test_render_on_a_colour_terminal_highlights_without_brackets(tmp_path, capsy
     assert main(["render", "--data", _data(tmp_path), "--template", QWEN, "--index", "1"]) == 0
     out = capsys.readouterr().out
     assert "[[" not in out and "\x1b[" in out and "Why did the chicken cross?<|im_end|>" in out
+
+
+def test_build_takes_the_render_options_and_announces_auto(tmp_path, capsys):
+    """The same flags on `trajtune build`: a reasoning record on Llama-2 (no tools, no place for reasoning) is
+    declined naming --reasoning, and kept with it; the tool-prompt format auto picks is said on stderr."""
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({**BATTERY["single_call"], "messages": [
+        *BATTERY["single_call"]["messages"][:-1],
+        {"role": "assistant", "content": "26 °C.", "reasoning_content": "The tool said 26."}]}) + "\n")
+    base = ["build", "--data", str(data), "--template", str(TEMPLATES / "llama-2-chat.jinja"), "--seq-len", "2048",
+            "--cache-dir", str(tmp_path / "cache")]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 2  # nothing kept: the reasons are the error
+    err = capsys.readouterr().err
+    assert "no place for reasoning; pass --reasoning inline" in json.loads(
+        (tmp_path / "a.partial" / "dropped.jsonl").read_text())["detail"]
+    assert "--prompt-format auto renders tools and calls with the built-in 'tool-prompt' format" in err
+    assert main([*base, "--out", str(tmp_path / "b"), "--reasoning", "inline"]) == 0
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["kept"] == 1 and manifest["dropped"] == 0

@@ -37,13 +37,24 @@ def resolve_prompt_format(tokenizer, prompt_format: str | None, options=None) ->
     """The prompt format to render with: None/"none" -> None (the template alone); "auto" -> None where the
     template shows tools or calls itself (or --call-syntax names its syntax), else "tool-prompt"; a name -> it.
     Example: with Llama-2's template (no tools), "auto" gives "tool-prompt"; with Qwen2.5's, None."""
-    from .profile import profile_template, special_kwargs
-
     if prompt_format in (None, "none"):
         return None
     if prompt_format != AUTO:
         format_template(prompt_format)  # validates the name
         return prompt_format
+    key = (tokenizer, getattr(tokenizer, "chat_template", None), options)
+    if _LAST_AUTO[0] is not None and all(a is b or a == b for a, b in zip(_LAST_AUTO[0], key)):
+        return _LAST_AUTO[1]  # the build asks once per record, with one tokenizer
+    _LAST_AUTO[:] = [key, _auto(tokenizer, options)]
+    return _LAST_AUTO[1]
+
+
+_LAST_AUTO: list = [None, None]  # ((tokenizer, template, options), answer)
+
+
+def _auto(tokenizer, options) -> str | None:
+    from .profile import profile_template, special_kwargs
+
     template = getattr(tokenizer, "chat_template", None)
     if not isinstance(template, str) or not template:
         return None

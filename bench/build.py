@@ -6,7 +6,7 @@ template, then prints side by side, each contender in its own fresh process with
 records/s, tokens/s, packing efficiency at 4096 and 2048, samples longer than seq_len (truncated by TRL
 silently; by us at a message boundary, counted), the Martello-Toth L2 bound, peak RSS; plus a mixed build
 (agent 0.2 : general 0.8) and the time of a cached re-run. `trajtune-nocache` is the same build with the
-repeated-segment cache off (`render._ids_of_texts`). TRL is a dev-only dependency of this script.
+repeated-segment cache off (`render.encode._ids_of_texts`). TRL is a dev-only dependency of this script.
 
     python bench/build.py --records 3000 [--work /tmp/trajtune-bench] [--num-proc 2]
 """
@@ -90,12 +90,12 @@ def run_trajtune(a) -> dict:
     import datasets
     from transformers import AutoTokenizer  # noqa: F401  imported before the clock starts, as for TRL
 
-    from trajtune.data_builders import render
     from trajtune.data_builders.build import BuildConfig, build
+    from trajtune.data_builders.render import encode
 
     datasets.disable_progress_bars()
     if a.one == "trajtune-nocache":  # every text encoded whole, as where nothing long repeats (the map forks: inherited)
-        render.MIN_REPEAT_CHARS = sys.maxsize
+        encode.MIN_REPEAT_CHARS = sys.maxsize
 
     cfg = BuildConfig(data=a.data, tokenizer=a.tokenizer, seq_len=a.seq_len, out=a.out, num_proc=a.num_proc,
                       cache_dir=a.cache, overlong="truncate")

@@ -1,6 +1,7 @@
 """The template battery as a measurement: every chat template x every conversation shape, graded by markers.
 
-Renders each shape of `tests/template_battery.py` with trajtune's renderer (`render_with_mask`) on every template of
+Renders each shape of `tests/template_battery.py` with trajtune's renderer (`render_with_mask`, with the CLI's
+default `--prompt-format auto` and no other option, as a user meets it) on every template of
 the corpus (`tests/templates/` and the 13 in `../shared/fixtures/templates/`) and grades each cell from the trained
 tokens alone: correct, WRONG (a mask that trains the wrong text), declined (a RenderError, reason recorded) or
 crashed. Two tokenizers: "bare" (built from the template alone, what `--template T.jinja` gives) and "model" (the
@@ -28,7 +29,7 @@ import template_battery as tb  # noqa: E402  (the test helper: shapes and checke
 
 # Table codes for declines, by RenderError reason.
 CODES = {"template_cannot_express": "cx", "template_error": "te", "not_prefix_stable": "ps", "mask_mismatch": "mm",
-         "token_straddles_boundary": "st", "nothing_trained": "nt"}
+         "token_straddles_boundary": "st", "nothing_trained": "nt", "no_stop_token": "ns", "template_variable": "tv"}
 SHORT = {"multi_turn_system": "multi", "single_call": "call", "parallel_calls": "parallel", "second_round": "2round",
          "loss_false": "untrained", "reasoning": "reason", "content_and_call": "text+call"}
 

@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -61,7 +62,12 @@ class BuildConfig:
     out: str = field(default="", metadata={"help": "output directory"})
     tokenizer: str | None = field(default=None, metadata={"help": "tokenizer directory (a model's or a saved one)"})
     template: str | None = field(default=None, metadata={"help": "chat template .jinja (replaces the tokenizer's)"})
-    prompt_format: str | None = field(default=None, metadata={"help": "tool prompt format passed to the renderer"})
+    prompt_format: str | None = field(default="auto", metadata={"help": "tool prompt format: auto, none, tool-prompt, "
+                                                                "react or chatglm3 (render/prompt_formats.py)"})
+    template_kwargs: list[str] = field(default_factory=list, metadata={"help": "KEY=VALUE variables for the template"})
+    call_syntax: str | None = field(default=None, metadata={"help": "call syntax of a template that ignores tool_calls"})
+    reasoning: str | None = field(default=None, metadata={"help": "reasoning with no place in the template: inline, drop"})
+    call_content: str | None = field(default=None, metadata={"help": "text next to a call the template cannot show: drop"})
     seq_len: int = field(default=4096, metadata={"help": "tokens per pack"})
     overlong: Literal["drop", "truncate"] = field(default="truncate", metadata={
         "help": "a sample longer than seq_len: drop it, or cut it after its last trained message that fits"})
@@ -88,6 +94,7 @@ class RecordJob:
     overlong: str
     dedup: str
     decontam: filters.DecontamIndex | None
+    options: Any = None  # render.RenderOptions (template kwargs, call syntax, reasoning, call content)
 
 
 def truncation_point(loss_mask: list[int], seq_len: int) -> int:
@@ -119,7 +126,8 @@ def process_records(raws: list[bytes], job: RecordJob) -> list[dict[str, Any]]:
     rows, records = zip(*(_before_render(raw, job) for raw in raws)) if raws else ((), ())
     rows = list(rows)
     todo = [i for i, r in enumerate(records) if r is not None]
-    for i, rendered in zip(todo, render_batch([records[i] for i in todo], job.tokenizer, job.prompt_format)):
+    for i, rendered in zip(todo, render_batch([records[i] for i in todo], job.tokenizer, job.prompt_format,
+                                              job.options)):
         rows[i] = _after_render(rows[i], rendered, job)
     return rows
 
@@ -303,8 +311,14 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
     stage = out.with_name(out.name + ".partial")
     shutil.rmtree(stage, ignore_errors=True)
 
-    job = RecordJob(tok, cfg.prompt_format, cfg.seq_len, cfg.overlong, cfg.dedup, decontam)
-    job_key = _hash(FORMAT_VERSION, tok_hash, cfg.prompt_format, cfg.seq_len, cfg.overlong, cfg.dedup,
+    from .render.options import RenderOptions, parse_template_kwargs
+    from .render.prompt_formats import announce_prompt_format
+
+    options = RenderOptions(parse_template_kwargs(cfg.template_kwargs), cfg.call_syntax, cfg.reasoning, cfg.call_content)
+    if note := announce_prompt_format(tok, cfg.prompt_format, options):
+        print(f"build: {note}", file=sys.stderr)
+    job = RecordJob(tok, cfg.prompt_format, cfg.seq_len, cfg.overlong, cfg.dedup, decontam, options)
+    job_key = _hash(FORMAT_VERSION, tok_hash, cfg.prompt_format, repr(options), cfg.seq_len, cfg.overlong, cfg.dedup,
                     decontam and [cfg.decontam_n, [file_fingerprint(f) for f in cfg.decontam]], code)
     processed = []
     for s in specs:

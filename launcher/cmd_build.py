@@ -35,7 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (the model's, or OUT/tokenizer of a build), "
                    "or a hub id in the Hugging Face cache")
     p.add_argument("--template", metavar="FILE.jinja", help="chat template; alone: a byte-level tokenizer for it")
-    p.add_argument("--prompt-format", help="tool prompt format, for templates that cannot show tools themselves")
+    from .cmd_render import add_render_options
+
+    add_render_options(p, default_prompt_format=None)  # --prompt-format, --template-kwargs, --call-syntax, ...
     # Shape
     p.add_argument("--seq-len", type=int, help=f"tokens per pack (default: {d.seq_len})")
     p.add_argument("--overlong", choices=["drop", "truncate"],
@@ -60,8 +62,9 @@ def run(args: argparse.Namespace) -> int:
     from .config import load_config
 
     overrides = []
-    for key in ("data", "tokenizer", "template", "prompt_format", "seq_len", "overlong", "dedup", "decontam",
-                "decontam_n", "out", "val_fraction", "seed", "num_proc", "cache_dir"):
+    for key in ("data", "tokenizer", "template", "prompt_format", "template_kwargs", "call_syntax", "reasoning",
+                "call_content", "seq_len", "overlong", "dedup", "decontam", "decontam_n", "out", "val_fraction", "seed",
+                "num_proc", "cache_dir"):
         value = getattr(args, key)
         if value is not None:
             # JSON is valid YAML: lists and paths with odd characters survive the key=value round trip.

@@ -100,7 +100,7 @@ SHAPES: dict[str, dict] = {
         _user(7), {"role": "assistant", "content": "UNTRX1 not this one.", "loss": False},
         _user(8), _asst(7)]},
     # `reasoning_content` (not yet in the canonical schema's Message type, but kept by validate_record, written by
-    # the llamafactory_v1 converter and passed to templates by render.py): the thought the model writes first.
+    # the llamafactory_v1 converter and passed to templates by the renderer): the thought the model writes first.
     "reasoning": {"messages": [
         _user(9), _asst(8, reasoning_content="RSNX1 think first."),
         _user(10), _asst(9, reasoning_content="RSNX2 think again.")]},
@@ -199,36 +199,47 @@ def check_runs(runs: list[str], must: set[str], never: set[str], eos: str | None
     return ""
 
 
-def native_render(tokenizer, record: dict) -> str | None:
+def native_render(tokenizer, record: dict) -> list[str] | None:
     """The record rendered by the template itself (apply_chat_template, no trajtune shaping), or None when no form of
-    it renders every call: arguments as a dict or a JSON string, a call-only turn's content "" or None."""
+    it renders every call: arguments as a dict or a JSON string, a call-only turn's content "" or None. Two renders
+    where ids matter: with the record's ids, and with Kimi K2's documented `functions.NAME:INDEX` ids (its
+    template writes the id where the name goes)."""
     # Argument values, not names: a template that ignores tool_calls still names every tool in its tool list.
     values = [str(v) for m in record["messages"] for c in m.get("tool_calls") or [] for v in c["function"]["arguments"].values()]
+    calls = [c["id"] for m in record["messages"] for c in m.get("tool_calls") or []]
+    names = {c["id"]: c["function"]["name"] for m in record["messages"] for c in m.get("tool_calls") or []}
+    kimi = {i: f"functions.{names[i]}:{k}" for k, i in enumerate(calls)}
     for as_string, content in ((False, ""), (False, None), (True, ""), (True, None)):
-        msgs = []
-        for m in record["messages"]:
-            m = {k: v for k, v in m.items() if k != "loss"}
-            if m.get("tool_calls"):
-                m["content"] = m.get("content") or content
-                m["tool_calls"] = [{**c, "function": {**c["function"], "arguments": json.dumps(c["function"]["arguments"])
-                                                      if as_string else c["function"]["arguments"]}} for c in m["tool_calls"]]
-            msgs.append(m)
-        try:
-            text = tokenizer.apply_chat_template(msgs, tools=record.get("tools") or None, tokenize=False)
-        except Exception:  # this form is not the template's: try the next
-            continue
-        if all(v in text for v in values):
-            return text
+        texts = []
+        for ids in ({}, kimi):
+            msgs = []
+            for m in record["messages"]:
+                m = {k: v for k, v in m.items() if k != "loss"}
+                if m.get("tool_calls"):
+                    m["content"] = m.get("content") or content
+                    m["tool_calls"] = [{**c, "id": ids.get(c["id"], c["id"]), "function": {
+                        **c["function"], "arguments": json.dumps(c["function"]["arguments"]) if as_string
+                        else c["function"]["arguments"]}} for c in m["tool_calls"]]
+                if "tool_call_id" in m:
+                    m["tool_call_id"] = ids.get(m["tool_call_id"], m["tool_call_id"])
+                msgs.append(m)
+            try:
+                texts.append(tokenizer.apply_chat_template(msgs, tools=record.get("tools") or None, tokenize=False))
+            except Exception:  # this form is not the template's: try the next
+                break
+        if texts and all(v in texts[0] for v in values):
+            return texts
     return None
 
 
-def check_call_syntax(runs: list[str], record: dict, native: str | None) -> str:
+def check_call_syntax(runs: list[str], record: dict, native: list[str] | str | None) -> str:
     """"" unless the template writes tool calls itself (`native`) and a trained call is written another way: each
     call name and argument value in the trained text must sit in the same few characters of context as in the
     template's own render (Qwen3-Coder writes `<function=NAME>`, GLM-4.5 `<arg_value>V`: training JSON instead
     teaches the model a syntax it was never taught to emit)."""
     if native is None:
         return ""
+    natives = [native] if isinstance(native, str) else native
     pieces = [x for m in record["messages"] if message_trained_call(m) for c in m["tool_calls"]
               for x in (c["function"]["name"], *map(str, c["function"]["arguments"].values()))]
     for r in runs:
@@ -237,10 +248,10 @@ def check_call_syntax(runs: list[str], record: dict, native: str | None) -> str:
             if i < 0:
                 continue
             left, right = r[max(0, i - 6):i + len(piece)], r[i:i + len(piece) + 3]
-            if left not in native or right not in native:
-                j = native.rfind(piece)  # the last one: the call, not the tool list
+            if not any(left in n and right in n for n in natives):
+                j = natives[0].rfind(piece)  # the last one: the call, not the tool list
                 return (f"call trained as {r[max(0, i - 12):i + len(piece) + 4]!r}; the template writes "
-                        f"{native[max(0, j - 12):j + len(piece) + 4]!r}")
+                        f"{natives[0][max(0, j - 12):j + len(piece) + 4]!r}")
     return ""
 
 
@@ -250,14 +261,16 @@ def message_trained_call(m: dict) -> bool:
     return m["role"] == "assistant" and bool(m.get("tool_calls")) and message_trained(m)
 
 
-def grade(template_name: str, shape: str, tokenizer, header: str | None = None, mode: str = "bare") -> Cell:
-    """Render shape `shape` with `tokenizer` (its chat_template) through `render_with_mask` and grade the mask."""
+def grade(template_name: str, shape: str, tokenizer, header: str | None = None, mode: str = "bare",
+          prompt_format: str | None = "auto") -> Cell:
+    """Render shape `shape` with `tokenizer` (its chat_template) through `render_with_mask` and grade the mask. The
+    prompt format is the CLI's default, auto: a template with no tools renders them with the built-in tool-prompt."""
     from trajtune.data_builders.errors import TrajtuneError
     from trajtune.data_builders.render import render_with_mask
 
     record = shape_record(shape)
     try:
-        r = render_with_mask(record, tokenizer)
+        r = render_with_mask(record, tokenizer, prompt_format)
     except TrajtuneError as e:
         return Cell(template_name, shape, mode, "declined", getattr(e, "reason", "error"), str(e))
     except Exception as e:  # noqa: BLE001 (a crash is a finding, reported as such)

@@ -20,9 +20,11 @@ from trajtune.launcher.cli import COMMANDS, main, make_parser
 SURFACE = {
     "convert": {"inputs": None, "--from": "auto", "--out": None, "--quarantine": None, "--strict": False,
                 "--tools": None},
-    "render": {"--data": None, "--tokenizer": None, "--template": None, "--prompt-format": None, "--index": None,
-               "--json": False, "--check-template": None},
+    "render": {"--data": None, "--tokenizer": None, "--template": None, "--prompt-format": "auto",
+               "--template-kwargs": None, "--call-syntax": None, "--reasoning": None, "--call-content": None,
+               "--index": None, "--json": False, "--check-template": None},
     "build": {"--data": None, "--config": None, "--tokenizer": None, "--template": None, "--prompt-format": None,
+              "--template-kwargs": None, "--call-syntax": None, "--reasoning": None, "--call-content": None,
               "--seq-len": None, "--overlong": None, "--dedup": None, "--decontam": None, "--decontam-n": None,
               "--out": None, "--val-fraction": None, "--seed": None, "--num-proc": None, "--cache-dir": None},
     "train": {"--config": None, "overrides": None, "--keys": False, "--dry-run": False, "--nodes": None,

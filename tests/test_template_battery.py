@@ -3,8 +3,7 @@
 `bench/template_battery.py` grades every template (tests/templates + the 13 shared fixtures) x every shape of
 `template_battery.py` from the trained tokens alone. Pinned here, as stable facts only:
 - every cell correct today stays correct (BASELINE: `c`; `-` declined and `w` wrong may change);
-- no cell is wrong beyond KNOWN_WRONG, none crashes;
-- each KNOWN_WRONG cell is an `xfail(strict=True)`: phase 2 fixes it, the test then passes and the mark must go.
+- no cell is wrong (KNOWN_WRONG is empty since phase 2), none crashes.
 """
 
 from __future__ import annotations
@@ -22,128 +21,116 @@ from conftest import ROOT
 from trajtune.data_builders.render import render_with_mask
 
 # template -> one letter per shape, in SHAPES order (multi_turn_system, single_call, parallel_calls, second_round,
-# loss_false, reasoning, content_and_call): c correct, w wrong, - declined. Measured 2026-11-23 on this branch.
+# loss_false, reasoning, content_and_call): c correct, w wrong, - declined. Measured after stop tokens from probe renders (issue 12, phase 2).
 BASELINE = {
     "bare": """
-    bytedance-seed-oss-36b-instruct      ----w--
-    chatglm3-6b                          c---c--
-    command-a-03-2025                    -------
-    command-r-plus-tool_use              -------
-    command-r-v01                        -------
-    command-r-v01-tool_use               -------
-    command-r7b-12-2024                  -------
-    command-r7b-12-2024-tool_use         -------
+    bytedance-seed-oss-36b-instruct      ccccccc
+    chatglm3-6b                          ccccc-c
+    command-a-03-2025                    ccccc--
+    command-r-plus-tool_use              c---c--
+    command-r-v01                        ccccc-c
+    command-r-v01-tool_use               c---c--
+    command-r7b-12-2024                  ccccc-c
+    command-r7b-12-2024-tool_use         ccccc--
     deepseek-r1                          ccc-c-c
     deepseek-r1-0528-qwen3-8b            c-c-c--
     deepseek-r1-distill-qwen-32b         -------
     deepseek-v3                          c-c-c--
     deepseek-v3.1                        ccccc-c
     devstral-small-2507                  ccccc-c
-    exaone-3.5-7.8b-instruct             -------
+    exaone-3.5-7.8b-instruct             ccccc-c
     exaone-deep-2.4b                     -------
     falcon2-11b                          -------
-    firefunction-v1                      -------
+    firefunction-v1                      ccccc-c
     firefunction-v2                      -------
-    functionary-medium-v2.2              -------
+    functionary-medium-v2.2              ccccc-c
     functionary-medium-v3.1              ccccc-c
     functionary-medium-v3.2              ccccc-c
-    gemma-2-2b-it                        -------
-    gemma-3-1b-it                        -------
-    gemma-3-it                           -------
-    gemma-7b-it                          -------
+    gemma-2-2b-it                        ccccc-c
+    gemma-3-1b-it                        ccccc-c
+    gemma-3-it                           ccccc-c
+    gemma-7b-it                          ccccc-c
     glm-4-9b-chat                        ccccc-c
-    glm-4.5                              cwwwc-w
-    glm-5.1                              -ww-c-w
-    gpt-oss-120b                         ----w--
+    glm-4.5                              ccccc-c
+    glm-5.1                              -cc-c-c
+    gpt-oss-120b                         ccccc--
     granite-3.0-8b-instruct              ccccc-c
     granite-3.2-8b-instruct              ccccc-c
     granite-3.3-instruct                 ccccc-c
     granite-4.0                          ccccc-c
     hammer2.1                            c---c--
     hermes-2-pro-tool_use                ccccc--
-    hermes-3-llama-3.1-70b               c---c--
-    internlm2-chat-7b                    c---c--
-    jamba-large-1.6                      -------
+    hermes-3-llama-3.1-70b               ccccc-c
+    internlm2-chat-7b                    ccccc-c
+    jamba-large-1.6                      ccccc-c
     kimi-k2-instruct                     ccccc-c
-    kimi-k2-thinking                     c---c--
+    kimi-k2-thinking                     ccccc-c
     lfm2                                 c---c--
-    lfm2.5                               c---c--
-    llama-2-chat                         c---c--
+    lfm2.5                               ccccc-c
+    llama-2-chat                         ccccc-c
     llama-3-8b-instruct                  ccccc-c
     llama-3.1-instruct                   ccccc--
     llama-3.1-nemotron-70b-instruct      ccccc--
     llama-3.2-11b-vision-instruct        ccccc--
     llama-3.2-3b-instruct                ccccc--
-    llama-4-scout-17b-16e-instruct       -------
-    minicpm3-4b                          c---c--
-    mistral-7b-instruct-v0.1             ----c--
-    mistral-7b-instruct-v0.2             ----c--
-    mistral-7b-instruct-v0.2-v1-system   c---c--
+    llama-4-scout-17b-16e-instruct       ccccc-c
+    minicpm3-4b                          ccccc-c
+    mistral-7b-instruct-v0.1             ccccc-c
+    mistral-7b-instruct-v0.2             ccccc-c
+    mistral-7b-instruct-v0.2-v1-system   ccccc-c
     mistral-7b-instruct-v0.3             ccc-c--
-    mistral-large-instruct-2411          c---c--
-    mistral-nemo-instruct-2407           ----c--
-    mistral-small-24b-instruct-2501      c---c--
+    mistral-large-instruct-2411          ccccc-c
+    mistral-nemo-instruct-2407           c---c--
+    mistral-small-24b-instruct-2501      ccccc-c
     mistral-small-3.2-24b-instruct-2506  c---c--
     nemotron-3-nano                      -------
-    nemotron-mini-4b-instruct            -------
-    nvidia-nemotron-nano-9b-v2           -------
-    olmo-2-1124-7b-instruct              c---c--
-    openchat-3.5-0106                    -------
-    phi-3-medium-4k-instruct             c---c--
-    phi-3-mini-4k-instruct               c---c--
-    phi-3.5-mini-instruct                c---c--
-    phi-4                                c---c--
+    nemotron-mini-4b-instruct            c---c--
+    nvidia-nemotron-nano-9b-v2           ----c--
+    olmo-2-1124-7b-instruct              ccccc-c
+    openchat-3.5-0106                    ccccc-c
+    phi-3-medium-4k-instruct             ccccc-c
+    phi-3-mini-4k-instruct               ccccc-c
+    phi-3.5-mini-instruct                ccccc-c
+    phi-4                                ccccc-c
     phi-4-mini-instruct                  ccccc-c
     phi-4-mini-reasoning                 ccccc-c
-    phi-4-reasoning                      c---c--
+    phi-4-reasoning                      ccccc-c
     qwen2.5-instruct                     ccccc-c
-    qwen2.5-vl-7b-instruct               c---c--
+    qwen2.5-vl-7b-instruct               ccccc-c
     qwen3                                ccccc-c
-    qwen3-coder-30b-a3b-instruct         cwwwc-w
+    qwen3-coder-30b-a3b-instruct         ccccc-c
     qwen3-instruct-2507                  ccccc-c
-    qwen3.5-4b                           -ww-c-w
+    qwen3.5-4b                           -cc-c-c
     qwq-32b                              -------
-    smollm2-135m-instruct                c---c--
+    smollm2-135m-instruct                ccccc-c
     smollm3-3b                           ccccc-c
     trl-qwen2_5_training                 ccccc-c
     """,
     "model": """
-    bytedance-seed-oss-36b-instruct  c---cc-
+    bytedance-seed-oss-36b-instruct  ccccccc
     command-a-03-2025                ccccc--
     command-r-plus-tool_use          c---c--
-    command-r-v01                    c---c--
+    command-r-v01                    ccccc-c
     command-r-v01-tool_use           c---c--
-    command-r7b-12-2024              c---c--
+    command-r7b-12-2024              ccccc-c
     command-r7b-12-2024-tool_use     ccccc--
-    exaone-3.5-7.8b-instruct         c---c--
+    exaone-3.5-7.8b-instruct         ccccc-c
     exaone-deep-2.4b                 -------
-    gemma-2-2b-it                    ----w--
-    gemma-3-1b-it                    ----w--
-    gemma-3-it                       ----w--
-    gemma-7b-it                      ----w--
-    gpt-oss-120b                     c---c--
+    gemma-2-2b-it                    ccccc-c
+    gemma-3-1b-it                    ccccc-c
+    gemma-3-it                       ccccc-c
+    gemma-7b-it                      ccccc-c
+    gpt-oss-120b                     ccccc--
     llama-4-scout-17b-16e-instruct   ccccc-c
-    olmo-2-1124-7b-instruct          c---c--
-    openchat-3.5-0106                c---c--
+    olmo-2-1124-7b-instruct          ccccc-c
+    openchat-3.5-0106                ccccc-c
     """,
 }
 
-# Wrong masks today, each with its cause. Class 1 of issue 12: a stop token the template never rendered is appended.
-_EOS = "eos <eos> is appended after <end_of_turn>\\n; both trained"
-# The profile takes only JSON arguments for native calls, so these templates fall back to the hermes text syntax
-# (`<tool_call>` is in them) and train JSON calls the model never writes.
-_XML = "the template writes <function=NAME><parameter=K>V natively; hermes JSON is trained instead"
-_GLM = "the template writes <tool_call>NAME<arg_key>K</arg_key><arg_value>V natively; hermes JSON is trained instead"
-KNOWN_WRONG = {
-    **{("model", t, "loss_false"): _EOS for t in ("gemma-2-2b-it", "gemma-3-1b-it", "gemma-3-it", "gemma-7b-it")},
-    ("bare", "bytedance-seed-oss-36b-instruct", "loss_false"): "<seed:eos> is no STOP_TOKEN: guessed eos </s> appended",
-    ("bare", "gpt-oss-120b", "loss_false"): "<|return|> is no STOP_TOKEN: guessed eos <|end|> appended after it",
-    **{("bare", "qwen3-coder-30b-a3b-instruct", s): _XML for s in ("single_call", "parallel_calls", "second_round",
-                                                                    "content_and_call")},
-    **{("bare", "qwen3.5-4b", s): _XML for s in ("single_call", "parallel_calls", "content_and_call")},
-    **{("bare", "glm-4.5", s): _GLM for s in ("single_call", "parallel_calls", "second_round", "content_and_call")},
-    **{("bare", "glm-5.1", s): _GLM for s in ("single_call", "parallel_calls", "content_and_call")},
-}
+# Wrong masks: none. (Phase 1 pinned 20 here as strict xfails; phase 2 fixed them: stop tokens from the template
+# (Gemma's <eos>, Seed-OSS's </s>, gpt-oss's <|end|>, all appended though never rendered) and native calls found
+# by their argument values (Qwen3-Coder/Qwen3.5 <function=..><parameter=..>, GLM-4.5/5.1 <arg_key>/<arg_value>).)
+KNOWN_WRONG: dict[tuple[str, str, str], str] = {}
 
 
 def _baseline(mode: str) -> dict[tuple[str, str], str]:
@@ -272,11 +259,3 @@ def test_no_cell_is_wrong_or_crashes_beyond_the_known_list(bench):
     bad = [(mode, *k, c["verdict"], c["detail"]) for mode, by in cells.items() for k, c in by.items()
            if c["verdict"] == "crashed" or (c["verdict"] == "wrong" and (mode, *k) not in KNOWN_WRONG)]
     assert not bad
-
-
-@pytest.mark.parametrize("key", [pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=why), id="-".join(k))
-                                 for k, why in KNOWN_WRONG.items()])
-def test_known_wrong_mask_is_fixed(bench, key):
-    _, cells = bench
-    mode, template, shape = key
-    assert cells[mode][(template, shape)]["verdict"] != "wrong", cells[mode][(template, shape)]["detail"]

@@ -94,14 +94,15 @@ def _as_list(ids) -> list[int]:
 
 
 def stop_token_ids(model, tokenizer) -> list[int]:
-    """The ids generation stops at: the model's own eos (generation config, then config) and the chat template's
-    stop tokens (`template_stop_tokens`), each once, in that order. A base model fine-tuned on ChatML data
+    """The ids generation stops at: the model's own eos (generation config, then config), the chat template's
+    stop tokens (`template_stop_tokens`, every kind of message) and the tokenizer's eos, each once, in that order. A base model fine-tuned on ChatML data
     stops at `<|endoftext|>` by itself but ends every turn with `<|im_end|>`, so both must stop generation."""
     from ..data_builders.render import template_stop_tokens
 
     gen = getattr(model, "generation_config", None)
     ids = _as_list(getattr(gen, "eos_token_id", None)) + _as_list(model.config.eos_token_id)
-    for token in template_stop_tokens(tokenizer) if tokenizer is not None else []:
+    stops = [*template_stop_tokens(tokenizer).tokens(), tokenizer.eos_token] if tokenizer is not None else []
+    for token in filter(None, stops):
         encoded = tokenizer.encode(token, add_special_tokens=False)
         if len(encoded) == 1:  # a stop "token" the vocabulary splits cannot be an eos id
             ids.append(encoded[0])

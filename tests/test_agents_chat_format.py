@@ -48,15 +48,20 @@ SYNTAX = {"qwen2.5-instruct.jinja": "hermes", "llama-3.1-instruct.jinja": "llama
           "granite", "tool-prompt": "json_block", "react": "react", "chatglm3": "chatglm3"}
 
 
-def tokenizer_for(name: str):
-    tok = byte_level_tokenizer((TEMPLATES / name).read_text())
+def tokenizer_for(name: str, fmt: str | None = None):
+    # A prompt format's role tokens must be tokens of the tokenizer (the renderer refuses a stop made of bytes).
+    from trajtune.data_builders.render.prompt_formats import format_template
+    from trajtune.data_builders.tokenizer import special_tokens_of
+
+    extra = special_tokens_of(format_template(fmt)) if fmt == "chatglm3" else []
+    tok = byte_level_tokenizer((TEMPLATES / name).read_text(), extra)
     tok.name_or_path = name
     return tok
 
 
 @pytest.mark.parametrize("name,fmt", CASES)
 def test_prompt_is_the_training_prefix_and_parse_reads_the_trained_text(name: str, fmt: str | None):
-    tok = tokenizer_for(name)
+    tok = tokenizer_for(name, fmt)
     chat = ChatFormat.of(tok, fmt)
     if fmt in SYNTAX or name in SYNTAX:
         assert chat.syntax == SYNTAX.get(fmt or name)

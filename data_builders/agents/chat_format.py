@@ -4,7 +4,7 @@
 - `prompt(messages, tools)` is the text before the model's next turn, shaped by `render.template_messages` (the
   renderer's own record -> template mapping) and rendered with the generation prompt, so a model is prompted
   exactly as it was trained (`render_with_mask` puts the trained text right after this prompt).
-- `stops` are the template's end-of-turn strings (the renderer's STOP_TOKENS found in it, GLM role tokens, eos;
+- `stops` are the template's end-of-turn strings (the template's stop tokens (`render.template_stop_tokens`), GLM role tokens, eos;
   `Observation:` for ReAct, so the model does not invent a tool's answer).
 - `syntax` is the tool-call syntax the model was trained to write, measured by rendering a probe call the way
   training does and keeping the first syntax (the profile's own text syntax first) that reads it back.
@@ -21,8 +21,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import TrajtuneError
-from ..render import STOP_TOKENS, render_text, special_kwargs, template_messages
-from ..template_profile import TemplateProfile, profile_template
+from ..render import (
+    TemplateProfile,
+    profile_template,
+    render_text,
+    special_kwargs,
+    template_messages,
+    template_stop_tokens,
+)
 from ..tokenizer import ROLE_CONCAT_RE
 from ..tool_calls import SYNTAXES, parse_tool_calls
 from ..trajectory import Message, Tool
@@ -53,8 +59,8 @@ class ChatFormat:
     @classmethod
     def of(cls, tokenizer: Any, prompt_format: str | None = None) -> ChatFormat:
         """Measure `tokenizer`'s chat template (with `prompt_format`: tool-prompt | react | chatglm3 | None)."""
-        from ..prompt_formats import format_template
         from ..render import template_name
+        from ..render.prompt_formats import format_template
 
         where = template_name(tokenizer)
         template = tokenizer.chat_template
@@ -68,7 +74,8 @@ class ChatFormat:
         special = special_kwargs(tokenizer)
         profile = profile_template(template, tuple(sorted(special.items())))
         role_tokens = {"<|user|>", "<|observation|>"} if ROLE_CONCAT_RE.search(template) else set()
-        stops = {t for t in STOP_TOKENS if t in template or t in role_tokens}
+        # The template's own stop tokens (the renderer's one answer, per kind of message), GLM's next-role tokens.
+        stops = set(template_stop_tokens(tokenizer).tokens()) | role_tokens
         if tokenizer.eos_token:
             stops.add(tokenizer.eos_token)
         if prompt_format == "react":
@@ -88,7 +95,7 @@ class ChatFormat:
         """`messages` as this template shows them (shaped by `render.template_messages`, as training shapes them)."""
         record: dict[str, Any] = {"tools": list(tools or []), "messages": list(messages)}
         if self.prompt_format is not None:
-            from ..prompt_formats import apply_prompt_format
+            from ..render import apply_prompt_format
 
             record, _ = apply_prompt_format(record, self.prompt_format)  # type: ignore[arg-type]
         msgs, kw_tools = template_messages(record, self.template, self.profile, self.where)  # type: ignore[arg-type]

@@ -16,8 +16,8 @@ from ..trajectory import Trajectory
 from .encode import encode_masked
 from .errors import RenderError
 from .profile import template_name
-from .shape import template_messages
-from .spans import render_context, spans_by_header, spans_by_prefix
+from .shape import TemplateMessage, template_messages
+from .spans import RenderContext, render_context, spans_by_header, spans_by_prefix
 
 
 @dataclass
@@ -68,9 +68,11 @@ def render_batch(records: list[Trajectory], tokenizer, prompt_format: str | None
     return out  # type: ignore[return-value]  (every None was replaced)
 
 
-def _render_spans(record: Trajectory, tokenizer, prompt_format: str | None = None,
-                  exhaustive: bool = False) -> tuple[str, list[tuple[int, int]], str]:
-    """The text and trained spans of `render_with_mask` (no tokens), and the name errors give the template."""
+def prepare_record(record: Trajectory, tokenizer, prompt_format: str | None = None
+                   ) -> tuple[RenderContext, list[TemplateMessage], list | None, str]:
+    """The record as the template wants it: (render context, shaped messages, the `tools=` to pass, the name errors
+    give the template). Shared by the joint render here and per_turn.py. Raises RenderError when the template
+    cannot express the record or nothing in it is trained."""
     template = tokenizer.chat_template
     where = template_name(tokenizer)
     if prompt_format is not None:
@@ -89,6 +91,13 @@ def _render_spans(record: Trajectory, tokenizer, prompt_format: str | None = Non
         if m.trained and m.msg["role"] != "assistant":
             raise RenderError("template_cannot_express", f"{where}: message {m.src} ({m.msg['role']}) has loss=true; "
                               "only assistant messages can be trained")
+    return ctx, msgs, tools, where
+
+
+def _render_spans(record: Trajectory, tokenizer, prompt_format: str | None = None,
+                  exhaustive: bool = False) -> tuple[str, list[tuple[int, int]], str]:
+    """The text and trained spans of `render_with_mask` (no tokens), and the name errors give the template."""
+    ctx, msgs, tools, where = prepare_record(record, tokenizer, prompt_format)
     found = None
     if not exhaustive and ctx.fast:
         found = spans_by_header(ctx, msgs, tools, where)

@@ -261,9 +261,10 @@ def grade(template_name: str, shape: str, tokenizer, header: str | None = None, 
 
     record = shape_record(shape)
     try:
-        samples = [render_with_mask(record, tokenizer)] if turns == "joint" else render_samples([record], tokenizer, turns=turns)[0]
-        if isinstance(samples, TrajtuneError):
-            raise samples
+        got = render_with_mask(record, tokenizer) if turns == "joint" else render_samples([record], tokenizer, turns=turns)[0]
+        if isinstance(got, TrajtuneError):
+            raise got
+        samples = [got] if turns == "joint" else got.samples
     except TrajtuneError as e:
         return Cell(template_name, shape, mode, "declined", getattr(e, "reason", "error"), str(e))
     except Exception as e:  # noqa: BLE001 (a crash is a finding, reported as such)

@@ -23,7 +23,7 @@ SURFACE = {
     "render": {"--data": None, "--tokenizer": None, "--template": None, "--prompt-format": None, "--index": None,
                "--json": False, "--check-template": None},
     "build": {"--data": None, "--config": None, "--tokenizer": None, "--template": None, "--prompt-format": None,
-              "--seq-len": None, "--overlong": None, "--dedup": None, "--decontam": None, "--decontam-n": None,
+              "--turns": None, "--seq-len": None, "--overlong": None, "--dedup": None, "--decontam": None, "--decontam-n": None,
               "--out": None, "--val-fraction": None, "--seed": None, "--num-proc": None, "--cache-dir": None},
     "train": {"--config": None, "overrides": None, "--keys": False},
     "export": {"--checkpoint": None, "--out": None, "--merge": False, "--dtype": "bf16", "--model": None},

@@ -111,10 +111,10 @@ def test_auto_renders_a_record_per_turn_when_it_fails_joint(toks):
     joint = render_samples([reasoning, chat], toks["qwen3"], turns="joint")
     assert isinstance(joint[0], RenderError) and joint[0].reason in ("mask_mismatch", "not_prefix_stable")
     auto = render_samples([reasoning, chat], toks["qwen3"], turns="auto")
-    assert [len(x) for x in auto] == [2, 1]
-    assert ["RSNX1" in t and "RSNX2" not in t for t in targets(auto[0])] == [True, False]
-    assert auto[1][0].input_ids == render_with_mask(chat, toks["qwen3"]).input_ids
-    forced = render_samples([chat], toks["qwen3"], turns="per-turn")[0]
+    assert [(len(x.samples), x.per_turn) for x in auto] == [(2, True), (1, False)]
+    assert ["RSNX1" in t and "RSNX2" not in t for t in targets(auto[0].samples)] == [True, False]
+    assert auto[1].samples[0].input_ids == render_with_mask(chat, toks["qwen3"]).input_ids
+    forced = render_samples([chat], toks["qwen3"], turns="per-turn")[0].samples
     # Forced per turn: turn 1 is history (untrained) in turn 2's context; each target is what Qwen3 generates, the
     # empty thought it writes before a last answer included.
     assert len(forced) == 2 and "ASTX1" in forced[1].text[:forced[1].trained_spans[0][0]]

@@ -24,6 +24,7 @@ joint proof rejects as history-dependent (FALLBACK reasons).
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import lru_cache
 
 from ..trajectory import Trajectory
@@ -161,25 +162,33 @@ def _encode_records(texts: list, tokenizer) -> list[list[Rendered] | RenderError
 # Joint or per-turn
 
 
+@dataclass
+class RecordSamples:
+    """A record's training samples: its one joint render, or one per trained generation (`per_turn`)."""
+
+    samples: list[Rendered]
+    per_turn: bool
+
+
 def render_samples(records: list[Trajectory], tokenizer, prompt_format: str | None = None,
-                   turns: str = "auto") -> list[list[Rendered] | RenderError]:
-    """Each record's training samples (joint: its one render; per-turn: one per trained generation), or the
-    RenderError that declines it. `turns`: "joint", "per-turn" or "auto" (see the module docstring); under
-    auto, a record declined both ways reports the per-turn error."""
+                   turns: str = "auto") -> list[RecordSamples | RenderError]:
+    """Each record's training samples, or the RenderError that declines it. `turns`: "joint", "per-turn" or
+    "auto" (see the module docstring); under auto, a record declined both ways reports the per-turn error."""
     if turns not in TURNS:
         raise ValueError(f"turns must be one of {TURNS}, got {turns!r}")
     if turns == "auto":
         turns = template_turns(tokenizer, prompt_format)
         if turns == "joint":
-            joint = render_batch(records, tokenizer, prompt_format)
-            redo = [i for i, r in enumerate(joint) if isinstance(r, RenderError) and r.reason in FALLBACK]
-            out: list[list[Rendered] | RenderError] = [r if isinstance(r, RenderError) else [r] for r in joint]
+            out = render_samples(records, tokenizer, prompt_format, "joint")
+            redo = [i for i, r in enumerate(out) if isinstance(r, RenderError) and r.reason in FALLBACK]
             for i, samples in zip(redo, render_samples([records[i] for i in redo], tokenizer, prompt_format, "per-turn")):
                 out[i] = samples
             return out
     if turns == "joint":
-        return [r if isinstance(r, RenderError) else [r] for r in render_batch(records, tokenizer, prompt_format)]
-    return _encode_records([_texts_of(r, tokenizer, prompt_format) for r in records], tokenizer)
+        return [r if isinstance(r, RenderError) else RecordSamples([r], False)
+                for r in render_batch(records, tokenizer, prompt_format)]
+    return [r if isinstance(r, RenderError) else RecordSamples(r, True)
+            for r in _encode_records([_texts_of(r, tokenizer, prompt_format) for r in records], tokenizer)]
 
 
 def template_turns(tokenizer, prompt_format: str | None = None) -> str:

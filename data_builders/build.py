@@ -323,7 +323,10 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
     turn_samples = columns.pop("turn_samples")  # > 0: a per-turn record, with that many samples
     per_turn = ok & (turn_samples > 0)
     index = SampleIndex.read(files, np.flatnonzero(ok & (turn_samples > 1)))
-    turns = {"mode": cfg.turns, "template": _template_turns(tok, cfg), "per_turn_records": int(per_turn.sum()),
+    from .render.recipe import build_recipe
+
+    decided = _template_turns(tok, cfg)
+    turns = {"mode": cfg.turns, "template": decided, "per_turn_records": int(per_turn.sum()),
              "per_turn_samples": int(turn_samples[per_turn].sum(dtype=np.int64)),
              "extra_context_tokens": index.extra_context_tokens(columns["n_tokens"])}
     del turn_samples, per_turn
@@ -396,6 +399,8 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
         "tokenizer": {"name": getattr(tok, "name_or_path", "") or (cfg.template or ""), "hash": tok_hash,
                       "vocab_size": len(tok), "template": cfg.template, "eos_token": tok.eos_token},
         "seq_len": cfg.seq_len, "prompt_format": cfg.prompt_format, "turns": turns, "seed": cfg.seed,
+        # How records became text (render/recipe.py): train copies it into the export, whose chat template follows it.
+        "recipe": build_recipe(tok, cfg.prompt_format, decided or cfg.turns).to_dict(),
         "records_in": int(sum(sizes)), "kept": int(ok.sum()), "dropped": sum(total_dropped.values()),
         "dropped_by_reason": dict(total_dropped), "truncated": int(truncated[ok].sum()),
         "decontamination": decontam and {"files": decontam.files, "n": decontam.n,

@@ -130,5 +130,6 @@ def test_battery_cells_flip_from_declined_to_correct_per_turn():
     assert not any(c.verdict in ("wrong", "crashed") for c in auto.values())
     flipped = sorted(k for k, c in auto.items() if c.verdict == "correct" and joint[k] == "declined")
     assert [s for t, s in flipped if t == "qwq-32b"] == sorted(tb.SHAPES)
+    # (R1-distill's single call is declined either way: its template closes no single call turn.)
     assert [s for t, s in flipped if t.startswith("deepseek")] == sorted(
-        ["loss_false", "multi_turn_system", "parallel_calls", "reasoning", "single_call"])
+        ["loss_false", "multi_turn_system", "parallel_calls", "reasoning"])

@@ -12,7 +12,7 @@ import copy
 import json
 
 import pytest
-from conftest import FIXTURES, TEMPLATES
+from conftest import FIXTURES, ROOT, TEMPLATES
 from transformers import AutoTokenizer
 
 from trajtune.data_builders.errors import TrajtuneError
@@ -110,3 +110,23 @@ def test_a_model_directory_without_a_recipe(tmp_path):
     (tmp_path / "trajtune.json").write_text(json.dumps({"recipe": {"version": 99}}))
     with pytest.raises(TrajtuneError, match="version 1"):
         load_recipe(tmp_path)
+
+
+@pytest.mark.parametrize("path", [TEMPLATES / "mistral-7b-instruct-v0.3.jinja",
+                                  ROOT / "tests" / "templates" / "gemma-2-2b-it.jinja"])
+def test_a_system_fold_is_written_into_the_exported_template(path):
+    # Gemma 2 rejects a system message, Mistral v0.3 drops it unless the conversation ends on a user turn: the
+    # build folds it into the first user turn, and so must the exported template, or the served model never
+    # sees the system prompt it was trained with.
+    record = validate_record({"id": "s", "messages": [
+        {"role": "system", "content": "SYSX1 be careful."}, {"role": "user", "content": "USRX1 hi"},
+        {"role": "assistant", "content": "ASTX1 hello"}, {"role": "user", "content": "USRX2 joke?"},
+        {"role": "assistant", "content": "ASTX2 no."}]})
+    tok = load_tokenizer(None, path)
+    want = render_with_mask(copy.deepcopy(record), tok).text
+    recipe = build_recipe(tok, None, "joint")
+    assert "system_into_first_user" in recipe.folds
+    exported = load_tokenizer(None, path)
+    exported.chat_template = export_chat_template(tok, recipe)
+    assert exported.apply_chat_template(inference_messages(record), tokenize=False) == want
+    assert "SYSX1" in want

@@ -33,6 +33,7 @@ from .errors import RenderError
 from .mask import Rendered, prepare_record, render_batch, render_with_mask
 from .shape import TemplateMessage
 from .spans import RenderContext, check_pieces, close_turn, find_header, group_end, render_or_raise
+from .stops import kind_of
 
 TURNS = ("auto", "joint", "per-turn")
 # Joint-render failures that per-turn rendering can resolve: history rendered unlike a generation, or a token
@@ -58,11 +59,12 @@ def turn_texts(ctx: RenderContext, msgs: list[TemplateMessage], tools, where: st
         if start is None:
             history = render_or_raise(ctx, plain[:j], tools, False, where, f"the history before message {m.src}")
             start = find_header(alone, prompt, history)
+        kind = kind_of(msgs[g].calls, True)  # every target is what the model generates as the last message
         if start is not None:
-            alone, _, end = close_turn(ctx, alone, start, True, m.src, where)
+            alone, _, end = close_turn(ctx, alone, start, kind, m.src, where)
             target = alone[start:end]
         else:
-            target = _thought_target(ctx, alone, prompt, history or "", msgs[j:g + 1], where)
+            target = _thought_target(ctx, alone, prompt, history or "", msgs[j:g + 1], kind, where)
         for part in msgs[j:g + 1]:
             check_pieces(ctx, target, (0, len(target)), part, where)
         out.append((prompt, target))
@@ -70,7 +72,7 @@ def turn_texts(ctx: RenderContext, msgs: list[TemplateMessage], tools, where: st
 
 
 def _thought_target(ctx: RenderContext, alone: str, prompt: str, history: str, parts: list[TemplateMessage],
-                    where: str) -> str:
+                    kind: str, where: str) -> str:
     """The target where the generation prompt opens a thought the template does not write for a finished
     message: the thought, its close tag, then the answer as the template renders it (its leading newlines
     dropped: the close writes them). Anything else cannot be located: RenderError not_prefix_stable."""
@@ -86,7 +88,7 @@ def _thought_target(ctx: RenderContext, alone: str, prompt: str, history: str, p
     tag = opened.group(1)
     close = f"</{tag}>"
     at = len(history) + len(base)
-    alone, _, end = close_turn(ctx, alone, at, True, src, where)
+    alone, _, end = close_turn(ctx, alone, at, kind, src, where)
     answer = alone[at:end].lstrip("\n")
     if close in answer:
         raise RenderError("mask_mismatch", f"{where}: message {src}: the template writes {close} after the "

@@ -73,31 +73,35 @@ def build_recipe(tokenizer, prompt_format: str | None, turns: str) -> RenderReci
         folds += ["one_call_per_turn"] * profile.one_call_per_turn
         folds += ["strict_alternation"] * profile.strict_alternation
         folds += [f"tool_role_{profile.tool_role}"] * (profile.tool_role != "tool")
+        folds += ["system_into_first_user"] * profile.system_fold
     syntax = profile.text_syntax if profile is not None and not profile.native_calls else None
     return RenderRecipe(prompt_format=prompt_format, call_syntax=syntax, turns=turns,
-                        stop_tokens=template_stop_tokens(tokenizer), folds=folds,
+                        stop_tokens=template_stop_tokens(tokenizer).tokens(), folds=folds,
                         template_sha256=hashlib.sha256(template.encode()).hexdigest())
 
 
 def export_chat_template(tokenizer, recipe: RenderRecipe) -> str:
     """The chat template an export ships: the tokenizer's own, or, when the records were rewritten by a prompt
-    format, that rewrite (prompt_formats/export_prelude.jinja) followed by the tokenizer's template, so that
-    `apply_chat_template(messages, tools=tools)` gives the text training saw. chatglm3 replaces the whole template
-    and reads messages already rewritten (`metadata`, `observation` turns): the export ships that template."""
+    format or a system fold, that rewrite (prompt_formats/export_prelude.jinja) followed by the tokenizer's
+    template, so that `apply_chat_template(messages, tools=tools)` gives the text training saw. chatglm3 replaces
+    the whole template and reads messages already rewritten (`metadata`, `observation` turns): the export ships
+    that template."""
     from .profile import profile_template, special_kwargs
     from .prompt_formats import FORMATS_DIR, format_template
 
     base = tokenizer.chat_template
-    if recipe.prompt_format is None:
-        return base
-    if recipe.prompt_format not in EXPORTABLE_FORMATS:  # chatglm3: a whole template, reading rewritten messages
+    if recipe.prompt_format is not None and recipe.prompt_format not in EXPORTABLE_FORMATS:
         return format_template(recipe.prompt_format)
     profile = profile_template(base, tuple(sorted(special_kwargs(tokenizer).items())))
-    settings = (f"{{%- set tt_format = {json.dumps(recipe.prompt_format)} %}}"
-                f"{{%- set tt_merge = {'true' if profile.strict_alternation else 'false'} %}}"
+    if recipe.prompt_format is None and not profile.system_fold:
+        return base
+    fmt = json.dumps(recipe.prompt_format) if recipe.prompt_format else "none"
+    merge = recipe.prompt_format is not None and profile.strict_alternation  # (tool results exist only without one)
+    settings = (f"{{%- set tt_format = {fmt} %}}{{%- set tt_merge = {str(merge).lower()} %}}"
+                f"{{%- set tt_fold = {str(profile.system_fold).lower()} %}}"
                 f"{{%- set tt_no_tools = {'[]' if profile.needs_tool_list else 'none'} %}}\n")
     system_prompt = "{%- macro tt_system_prompt(system, tools) %}" + format_template(recipe.prompt_format) + \
-                    "{%- endmacro %}\n"
+        "{%- endmacro %}\n" if recipe.prompt_format else ""
     return system_prompt + settings + (FORMATS_DIR / "export_prelude.jinja").read_text() + base
 
 

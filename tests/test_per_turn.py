@@ -97,6 +97,20 @@ def test_gpt_oss_final_answers_end_with_return_each_in_its_own_sample(toks, shap
     assert "<|channel|>final<|message|>ASTX1 here you go.<|end|>" in samples[-1].text if shape != "loss_false" else True
 
 
+def test_gpt_oss_calls_end_with_call_and_keep_their_analysis(toks):
+    # A call with text: harmony writes the text as an analysis message, then the call, in one generation; once a
+    # final answer follows, the history drops that analysis, so the answer's context (with it, as at inference)
+    # is not a prefix of the render with it last. The answer's target is its own final message, nothing before.
+    samples = assert_exact(toks["gpt-oss"], tb.shape_record("content_and_call"))
+    assert targets(samples) == [
+        "<|channel|>analysis<|message|>ASTX10 let me look.<|end|><|start|>assistant to=functions.lookup_fnx6"
+        '<|channel|>commentary json<|message|>{"query": "ARGX6"}<|call|>',
+        "<|channel|>final<|message|>ASTX11 here you go.<|return|>"]
+    assert "ASTX10 let me look." in samples[1].text[:samples[1].trained_spans[0][0]]  # the analysis, in context
+    cell = tb.grade("gpt-oss-120b", "content_and_call", toks["gpt-oss"], mode="model", turns="auto")
+    assert cell.verdict == "correct", cell.detail
+
+
 def test_auto_is_decided_per_template(toks):
     assert template_turns(toks["qwen2.5"]) == "joint"
     assert template_turns(toks["qwen3"]) == "joint"

@@ -9,7 +9,9 @@ message `i`, the sample is
     target  = what the model generates for message i, through its stop token   (trained)
 
 which is what the model sees and writes at inference. The target is read off the template's own render of
-`messages[:i+1]` (message i last), after the context; where the generation prompt opens a thought (`<think>\\n`)
+`messages[:i+1]` (message i last): after the context, or, where the template writes the history differently once
+a turn follows it (Hermes' newline after a result, harmony dropping a call's analysis before a final answer),
+after the last generation header; where the generation prompt opens a thought (`<think>\\n`)
 that the template does not write for a finished message (QwQ, R1 distills), the target is the thought
 (`reasoning_content`, or the part of the content before `</think>`, empty if none), `\\n</think>\\n\\n`, then
 the answer as the template writes it. Context and target are tokenized apart (the context exactly as
@@ -32,7 +34,7 @@ from .encode import encode_masked
 from .errors import RenderError
 from .mask import Rendered, prepare_record, render_batch, render_with_mask
 from .shape import TemplateMessage
-from .spans import RenderContext, check_pieces, close_turn, find_header, group_end, render_or_raise
+from .spans import RenderContext, check_pieces, close_turn, group_end, render_or_raise
 from .stops import kind_of
 
 TURNS = ("auto", "joint", "per-turn")
@@ -56,9 +58,11 @@ def turn_texts(ctx: RenderContext, msgs: list[TemplateMessage], tools, where: st
         alone = render_or_raise(ctx, plain[:g + 1], tools, False, where, f"message {m.src} as the last turn")
         history = None
         start = len(prompt) if alone.startswith(prompt) else None
-        if start is None:
+        if start is None:  # history written differently when a turn follows (Hermes, harmony): after the last header
             history = render_or_raise(ctx, plain[:j], tools, False, where, f"the history before message {m.src}")
-            start = find_header(alone, prompt, history)
+            header = prompt[len(history):] if prompt.startswith(history) else ""
+            at = alone.rfind(header) if header else -1
+            start = at + len(header) if at >= 0 else None
         kind = kind_of(msgs[g].calls, True)  # every target is what the model generates as the last message
         if start is not None:
             alone, _, end = close_turn(ctx, alone, start, kind, m.src, where)

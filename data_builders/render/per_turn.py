@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from ..trajectory import Trajectory
-from .encode import encode_masked
+from .encode import encode_masked, ids_by_segments
 from .errors import RenderError
 from .mask import Rendered, prepare_record, render_batch, render_with_mask
 from .shape import TemplateMessage
@@ -137,28 +137,32 @@ def _texts_of(record: Trajectory, tokenizer, prompt_format: str | None) -> tuple
 
 
 def _encode_records(texts: list, tokenizer) -> list[list[Rendered] | RenderError]:
-    """Each record's (context, target) pairs tokenized: context and target apart, in one batch for all."""
-    items = []
-    for t in texts:
-        if not isinstance(t, RenderError):
-            pairs, where = t
-            for context, target in pairs:
-                items += [(context, [], where), (target, [(0, len(target))], where)]
-    encoded = iter(encode_masked(tokenizer, items))
+    """Each record's (context, target) pairs tokenized, context and target apart. Contexts repeat the earlier
+    turns, so where the tokenizer allows it each piece between added tokens is encoded once (`ids_by_segments`,
+    the same ids as encoding each context whole); targets are encoded whole, with their mask."""
+    pairs = [p for t in texts if not isinstance(t, RenderError) for p in t[0]]
+    wheres = [t[1] for t in texts if not isinstance(t, RenderError) for _ in t[0]]
+    contexts = ids_by_segments(tokenizer, [c for c, _ in pairs]) if pairs else []
+    items = [(target, [(0, len(target))], where) for (_, target), where in zip(pairs, wheres)]
+    if contexts is None:  # encoded whole, every one
+        items += [(context, [], where) for (context, _), where in zip(pairs, wheres)]
+    encoded = encode_masked(tokenizer, items)
+    if contexts is None:
+        contexts = [c if isinstance(c, RenderError) else c[0] for c in encoded[len(pairs):]]
+    at = iter(zip(pairs, contexts, encoded))
     out: list[list[Rendered] | RenderError] = []
     for t in texts:
         if isinstance(t, RenderError):
             out.append(t)
             continue
         samples: list[Rendered] | RenderError = []
-        for context, target in t[0]:
-            c, g = next(encoded), next(encoded)
+        for (context, target), c, g in (next(at) for _ in t[0]):
             if isinstance(samples, RenderError):
                 continue
             if isinstance(c, RenderError) or isinstance(g, RenderError):  # cannot happen with these spans; kept exact
                 samples = c if isinstance(c, RenderError) else g
                 continue
-            samples.append(Rendered(context + target, c[0] + g[0], [0] * len(c[0]) + g[1],
+            samples.append(Rendered(context + target, c + g[0], [0] * len(c) + g[1],
                                     [(len(context), len(context) + len(target))]))
         out.append(samples)
     return out

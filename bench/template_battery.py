@@ -83,6 +83,8 @@ def main() -> None:
     ap.add_argument("--mode", choices=["bare", "model", "both"], default="both", help="which tokenizer(s)")
     ap.add_argument("--only", default="", help="only templates whose name contains this text")
     ap.add_argument("--json", default=None, help="write every cell (asdict) to this file")
+    ap.add_argument("--turns", choices=["joint", "auto", "per-turn"], default="joint",
+                    help="joint: render_with_mask; auto / per-turn: the build's samples (render_samples)")
     args = ap.parse_args()
 
     paths = [p for p in tb.corpus_paths() if args.only in p.stem]
@@ -90,7 +92,7 @@ def main() -> None:
     out = {}
     for mode in modes:
         t0 = time.perf_counter()
-        cells = tb.measure(paths, mode)
+        cells = tb.measure(paths, mode, turns=args.turns)
         report(cells, mode)
         print(f"({mode}: {len(cells)} cells in {time.perf_counter() - t0:.1f} s)")
         out[mode] = [asdict(c) for c in cells]

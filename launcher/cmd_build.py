@@ -38,6 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from .cmd_render import add_render_options
 
     add_render_options(p, default_prompt_format=None)  # --prompt-format, --template-kwargs, --call-syntax, ...
+    p.add_argument("--turns", choices=["auto", "joint", "per-turn"],
+                   help="per-turn: one sample per trained assistant turn, its context the generation prompt before it "
+                        "(templates that render history differently); joint: one per record; auto: joint where the "
+                        f"template is prefix-stable, else per-turn (default: {d.turns})")
     # Shape
     p.add_argument("--seq-len", type=int, help=f"tokens per pack (default: {d.seq_len})")
     p.add_argument("--overlong", choices=["drop", "truncate"],
@@ -63,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = []
     for key in ("data", "tokenizer", "template", "prompt_format", "template_kwargs", "call_syntax", "reasoning",
-                "call_content", "seq_len", "overlong", "dedup", "decontam", "decontam_n", "out", "val_fraction", "seed",
-                "num_proc", "cache_dir"):
+                "call_content", "turns", "seq_len", "overlong", "dedup", "decontam", "decontam_n", "out", "val_fraction",
+                "seed", "num_proc", "cache_dir"):
         value = getattr(args, key)
         if value is not None:
             # JSON is valid YAML: lists and paths with odd characters survive the key=value round trip.
@@ -74,6 +78,12 @@ def run(args: argparse.Namespace) -> int:
     train = manifest["train"]
     print(f"build: {manifest['records_in']} records in, {manifest['kept']} kept, {manifest['dropped']} dropped "
           f"{manifest['dropped_by_reason'] or ''}, {manifest['truncated']} truncated")
+    turns = manifest["turns"]
+    if turns["per_turn_records"]:
+        print(f"  per-turn: {turns['per_turn_records']} records -> {turns['per_turn_samples']} samples, "
+              f"{turns['extra_context_tokens']} context tokens repeated"
+              + (f" (the template renders history differently: --turns auto chose {turns['template']})"
+                 if turns["template"] == "per-turn" else ""))
     for src in manifest["sources"]:
         print(f"  {src['spec']}: {src['sampled_records']} samples, {src['sampled_trained_tokens']} trained tokens, "
               f"mixture {src['effective_mixture']:.3f}, {src['effective_epochs']:.2f} epochs")

@@ -262,26 +262,34 @@ def message_trained_call(m: dict) -> bool:
 
 
 def grade(template_name: str, shape: str, tokenizer, header: str | None = None, mode: str = "bare",
-          prompt_format: str | None = "auto") -> Cell:
+          prompt_format: str | None = "auto", turns: str = "joint") -> Cell:
     """Render shape `shape` with `tokenizer` (its chat_template) through `render_with_mask` and grade the mask. The
-    prompt format is the CLI's default, auto: a template with no tools renders them with the built-in tool-prompt."""
+    prompt format is the CLI's default, auto: a template with no tools renders them with the built-in tool-prompt.
+    `turns` other than "joint": the build's samples (`render_samples`, one per trained turn where per-turn), whose
+    trained runs are graded together as one record's."""
     from trajtune.data_builders.errors import TrajtuneError
     from trajtune.data_builders.render import render_with_mask
+    from trajtune.data_builders.render.per_turn import render_samples
 
     record = shape_record(shape)
     try:
-        r = render_with_mask(record, tokenizer, prompt_format)
+        got = render_with_mask(record, tokenizer, prompt_format) if turns == "joint" else \
+            render_samples([record], tokenizer, prompt_format, turns=turns)[0]
+        if isinstance(got, TrajtuneError):
+            raise got
+        samples = [got] if turns == "joint" else got.samples
     except TrajtuneError as e:
         return Cell(template_name, shape, mode, "declined", getattr(e, "reason", "error"), str(e))
     except Exception as e:  # noqa: BLE001 (a crash is a finding, reported as such)
         return Cell(template_name, shape, mode, "crashed", type(e).__name__, str(e))
     must, never = expected_markers(record)
-    runs = trained_runs(tokenizer, r.input_ids, r.loss_mask)
+    runs = [run for r in samples for run in trained_runs(tokenizer, r.input_ids, r.loss_mask)]
     header = generation_header(tokenizer) if header is None else header
     problem = check_runs(runs, must, never, tokenizer.eos_token, header)
     if not problem and any(m.get("tool_calls") for m in record["messages"]):
         problem = check_call_syntax(runs, record, native_render(tokenizer, record))
-    lost = sorted(m for m in never if m not in r.text and not m.startswith("DESCX"))
+    text = "".join(r.text for r in samples)
+    lost = sorted(m for m in never if m not in text and not m.startswith("DESCX"))
     return Cell(template_name, shape, mode, "wrong" if problem else "correct", problem, lost=lost, trained=runs)
 
 
@@ -339,15 +347,16 @@ def model_tokenizer(path: Path):
 TOKENIZERS = {"bare": bare_tokenizer, "model": model_tokenizer}
 
 
-def measure(paths: list[Path], mode: str = "bare", shapes: list[str] | None = None) -> list[Cell]:
-    """Grade every template x shape with the `mode` tokenizer (TOKENIZERS); templates it has none for are skipped."""
+def measure(paths: list[Path], mode: str = "bare", shapes: list[str] | None = None, turns: str = "joint") -> list[Cell]:
+    """Grade every template x shape with the `mode` tokenizer (TOKENIZERS); templates it has none for are skipped.
+    `turns`: as `grade`'s ("auto": what `trajtune build` trains)."""
     cells = []
     for path in paths:
         tok = TOKENIZERS[mode](path)
         if tok is None:
             continue
         header = generation_header(tok)
-        cells += [grade(path.stem, s, tok, header, mode) for s in shapes or SHAPES]
+        cells += [grade(path.stem, s, tok, header, mode, turns=turns) for s in shapes or SHAPES]
     return cells
 
 

@@ -25,6 +25,7 @@ SURFACE = {
                "--index": None, "--json": False, "--check-template": None},
     "build": {"--data": None, "--config": None, "--tokenizer": None, "--template": None, "--prompt-format": None,
               "--template-kwargs": None, "--call-syntax": None, "--reasoning": None, "--call-content": None,
+              "--turns": None,
               "--seq-len": None, "--overlong": None, "--dedup": None, "--decontam": None, "--decontam-n": None,
               "--out": None, "--val-fraction": None, "--seed": None, "--num-proc": None, "--cache-dir": None},
     "train": {"--config": None, "overrides": None, "--keys": False, "--dry-run": False, "--nodes": None,

@@ -298,7 +298,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if cfg.export:
             export(engine, cfg, tokenizer, output_dir / "final", {
                 "config": dataclasses.asdict(cfg), "steps": step, "data_sha256": data_sha,
-                "attention_backend": attn_backend})
+                "attention_backend": attn_backend, "recipe": manifest.get("recipe")})
         FILE_ONLY.info("finished at step %d", step)
     except BaseException as e:
         rank_log.failure(e)

@@ -8,6 +8,7 @@ straddles a span edge is a RenderError (training would see tokens inference neve
 
 from __future__ import annotations
 
+import itertools
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -63,6 +64,20 @@ def encode_masked(tokenizer, items: list[tuple[str, list[tuple[int, int]], str]]
             except RenderError as e:
                 out.append(e)
     return out
+
+
+def ids_by_segments(tokenizer, texts: list[str]) -> list[list[int]] | None:
+    """The ids of each text with every piece between two added tokens encoded once for all `texts` (per_turn.py:
+    the contexts of one conversation's turns repeat each other's messages), or None where cutting at added tokens
+    is not exact (see `_ids_of_texts`). Contexts are never trained, so no mask is placed."""
+    backend = _backend(tokenizer, "per-turn contexts")
+    byte_level = _byte_level(backend)
+    if byte_level is None or byte_level.added is None:
+        return None
+    index: dict[str, int] = {}
+    plans = [[index.setdefault(p, len(index)) for p in byte_level.added.split(text) if p] for text in texts]
+    ids = [e.ids for e in backend.encode_batch_fast(list(index), add_special_tokens=False)]
+    return [list(itertools.chain.from_iterable(ids[k] for k in plan)) for plan in plans]
 
 
 def _ids_of_texts(backend, byte_level: _ByteLevel, texts: list[str]) -> list[list[int]]:

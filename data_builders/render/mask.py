@@ -18,8 +18,8 @@ from .errors import RenderError
 from .options import RenderOptions
 from .profile import template_name
 from .prompt_formats import resolve_prompt_format
-from .shape import template_messages
-from .spans import render_context, spans_by_header, spans_by_prefix
+from .shape import TemplateMessage, template_messages
+from .spans import RenderContext, render_context, spans_by_header, spans_by_prefix
 
 
 @dataclass
@@ -72,9 +72,11 @@ def render_batch(records: list[Trajectory], tokenizer, prompt_format: str | None
     return out  # type: ignore[return-value]  (every None was replaced)
 
 
-def _render_spans(record: Trajectory, tokenizer, prompt_format: str | None = None, exhaustive: bool = False,
-                  options: RenderOptions | None = None) -> tuple[str, list[tuple[int, int]], str]:
-    """The text and trained spans of `render_with_mask` (no tokens), and the name errors give the template."""
+def prepare_record(record: Trajectory, tokenizer, prompt_format: str | None = None,
+                   options: RenderOptions | None = None) -> tuple[RenderContext, list[TemplateMessage], list | None, str]:
+    """The record as the template wants it: (render context, shaped messages, the `tools=` to pass, the name errors
+    give the template). Shared by the joint render here and per_turn.py. Raises RenderError when the template
+    cannot express the record or nothing in it is trained."""
     options = options or RenderOptions()
     template = tokenizer.chat_template
     where = template_name(tokenizer)
@@ -95,6 +97,18 @@ def _render_spans(record: Trajectory, tokenizer, prompt_format: str | None = Non
         if m.trained and m.msg["role"] != "assistant":
             raise RenderError("template_cannot_express", f"{where}: message {m.src} ({m.msg['role']}) has loss=true; "
                               "only assistant messages can be trained")
+    return ctx, msgs, tools, where
+
+
+def _render_spans(record: Trajectory, tokenizer, prompt_format: str | None = None, exhaustive: bool = False,
+                  options: RenderOptions | None = None) -> tuple[str, list[tuple[int, int]], str]:
+    """The text and trained spans of `render_with_mask` (no tokens), and the name errors give the template."""
+    ctx, msgs, tools, where = prepare_record(record, tokenizer, prompt_format, options)
+    if ctx.profile.opens_thought and any(m.trained and m.msg.get("reasoning_content") for m in msgs):
+        # The template shows a thought only where the generation prompt opens it: one render cannot hold it.
+        raise RenderError("not_prefix_stable", f"{where}: a trained message has reasoning, which this template shows "
+                          "only after its generation prompt opens a thought; render per turn (--turns per-turn, or "
+                          "auto)")
     found = None
     if not exhaustive and ctx.fast:
         found = spans_by_header(ctx, msgs, tools, where)

@@ -72,6 +72,8 @@ class TemplateProfile:
     missing_vars: tuple[str, ...] = ()  # variables it needs that nothing gives (FireFunction v2's `datetime`)
     reasoning_field: str | None = None  # where it reads an assistant's reasoning: reasoning_content, thinking, ...
     ids_name_calls: bool = False  # it writes a call's id, not its name (Kimi K2): ids become functions.NAME:INDEX
+    opens_thought: bool = False  # its generation prompt opens a thought (QwQ, R1 distills: `<think>\n`) that
+    # history never shows: the reasoning of a turn has a place only in that turn's own per-turn sample
 
 
 def render_shaped(template: str, prof: TemplateProfile, special: dict, messages: list[dict], tools: list | None,
@@ -83,9 +85,10 @@ def render_shaped(template: str, prof: TemplateProfile, special: dict, messages:
     return render_text(template, messages, tools, add_generation_prompt, special)
 
 
-def try_render(template: str, special: dict, messages: list[dict], tools=None) -> str | None:
+def try_render(template: str, special: dict, messages: list[dict], tools=None,
+               add_generation_prompt: bool = False) -> str | None:
     try:
-        return render_text(template, messages, tools, False, special)
+        return render_text(template, messages, tools, add_generation_prompt, special)
     except Exception:  # a probe that the template rejects is an answer, not a failure
         return None
 
@@ -240,9 +243,12 @@ def profile_template(template: str, special_items: tuple = ()) -> TemplateProfil
     # Reasoning: the field the template shows for the last assistant turn (gpt-oss reads `thinking`).
     reasoning = next((f for f in ("reasoning_content", "thinking", "reasoning")
                       if renders([*sys_user, {**answer, f: "probe_rsn"}], "probe_rsn", "probe_v1")), None)
+    prompt = try_render(template, special, sys_user, no_tools, add_generation_prompt=True) or ""
+    opens_thought = reasoning is None and prompt.rstrip("\n").endswith(("<think>", "<thought>"))
     return TemplateProfile(tools_where, native is not None, content_none, as_string, one_call, with_content,
                            text_syntax, tool_role, quote_results, ids_rendered, strict, needs_list, system_fold,
-                           frozenset(part_roles), fill, missing, reasoning, state["named"] and native is not None)
+                           frozenset(part_roles), fill, missing, reasoning, state["named"] and native is not None,
+                           opens_thought)
 
 
 def special_kwargs(tokenizer) -> dict[str, str]:

@@ -195,6 +195,8 @@ def _with_reasoning(msg: dict, reasoning: str, prof: TemplateProfile, opts: Rend
     if opts.reasoning == "inline":
         body = msg.get("content") or ""
         return {**msg, "content": f"<think>\n{reasoning}\n</think>\n\n{body}" if body else f"<think>\n{reasoning}\n</think>"}
+    if prof.reasoning_field is None and prof.opens_thought:
+        return {**msg, "reasoning_content": reasoning}  # for its own per-turn sample (per_turn.py); history hides it
     if prof.reasoning_field is None:
         raise RenderError("template_cannot_express", f"{where}: message {src} has reasoning_content, and the template "
                           "has no place for reasoning; pass --reasoning inline (<think>...</think> before the answer) "

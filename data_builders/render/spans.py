@@ -34,7 +34,7 @@ from .shape import TemplateMessage
 from .stops import KINDS, StopTokens, added_tokens, kind_of, stop_tokens_of
 
 
-def _find_header(full: str, prompt: str, history: str) -> int | None:
+def find_header(full: str, prompt: str, history: str) -> int | None:
     """Where message j's text starts in `full` when the prompt is not a prefix of it (Hermes-2-Pro writes a
     tool result's closing newline only when another message follows). The generation header is what the
     prompt adds to the history; it is searched from where prompt and full text part. The span found is then
@@ -123,14 +123,14 @@ def _context_cached(template: str, special_items: tuple, added: tuple[str, ...])
     return ctx
 
 
-def _render(ctx: RenderContext, plain: list[dict], tools, gen: bool, where: str, what: str) -> str:
+def render_or_raise(ctx: RenderContext, plain: list[dict], tools, gen: bool, where: str, what: str) -> str:
     try:
         return render_shaped(ctx.template, ctx.profile, ctx.special, plain, tools, gen)
     except Exception as e:  # jinja's raise_exception, or a TypeError on a value the template cannot take
         raise RenderError("template_error", f"{where}: rendering {what}: {type(e).__name__}: {e}") from None
 
 
-def _close_turn(ctx: RenderContext, full: str, start: int, kind: str, src: int, where: str) -> tuple[str, int, int]:
+def close_turn(ctx: RenderContext, full: str, start: int, kind: str, src: int, where: str) -> tuple[str, int, int]:
     """(full text, body end, span end) for the turn of kind `kind` (stops.KINDS) starting at `start`: it ends
     with that kind's stop token. Where the template leaves the last turn open (GLM), the stop it writes when
     another turn follows is appended (`StopTokens.open_last`); nothing else is ever appended."""
@@ -161,7 +161,7 @@ def _kind(msgs: list[TemplateMessage], g: int) -> str:
     return kind_of(msgs[g].calls, g == len(msgs) - 1)
 
 
-def _check_pieces(ctx: RenderContext, full: str, span: tuple[int, int], m: TemplateMessage, where: str) -> None:
+def check_pieces(ctx: RenderContext, full: str, span: tuple[int, int], m: TemplateMessage, where: str) -> None:
     got = full[span[0]:span[1]]
     pieces = _expected_pieces(m.msg)
     stop = next((hit for p in pieces if ctx.stop_re and (hit := ctx.stop_re.search(p))), None)
@@ -184,7 +184,7 @@ def spans_by_header(ctx: RenderContext, msgs: list[TemplateMessage], tools, wher
     header. Used only when the header occurs exactly once per assistant turn, every span closes before the
     next header, and each span holds its message's content; otherwise None (the caller proves by prefixes)."""
     plain = [m.msg for m in msgs]
-    full = _render(ctx, plain, tools, False, where, "the whole record")
+    full = render_or_raise(ctx, plain, tools, False, where, "the whole record")
     header, starts, pos = ctx.header, [], full.find(ctx.header)
     while pos >= 0:
         starts.append(pos + len(header))
@@ -196,21 +196,21 @@ def spans_by_header(ctx: RenderContext, msgs: list[TemplateMessage], tools, wher
     for k, j in enumerate(assistants):
         if not msgs[j].trained or msgs[j].cont:
             continue
-        g = _group_end(msgs, j, where)
+        g = group_end(msgs, j, where)
         nxt = k + 1 + (g - j)  # the header of the next turn that is not part of this generation
         try:
-            full, _, end = _close_turn(ctx, full, starts[k], _kind(msgs, g), msgs[j].src, where)
+            full, _, end = close_turn(ctx, full, starts[k], _kind(msgs, g), msgs[j].src, where)
             if nxt < len(starts) and end > starts[nxt] - len(header):
                 return None
             for m in msgs[j:g + 1]:
-                _check_pieces(ctx, full, (starts[k], end), m, where)
+                check_pieces(ctx, full, (starts[k], end), m, where)
         except RenderError:
             return None
         spans.append((starts[k], end))
     return full, spans
 
 
-def _group_end(msgs: list[TemplateMessage], j: int, where: str) -> int:
+def group_end(msgs: list[TemplateMessage], j: int, where: str) -> int:
     """Index of the last message of the generation that starts at message j (continuations included)."""
     g = j
     while g + 1 < len(msgs) and msgs[g + 1].cont:
@@ -223,30 +223,30 @@ def _group_end(msgs: list[TemplateMessage], j: int, where: str) -> int:
 
 def spans_by_prefix(ctx: RenderContext, msgs: list[TemplateMessage], tools, where: str) -> tuple[str, list[tuple[int, int]]]:
     """The proof: for each trained message j, `messages[:j]` + generation prompt must be a prefix of the full
-    render (or its header found right after where they part, see `_find_header`); the span runs to the first
+    render (or its header found right after where they part, see `find_header`); the span runs to the first
     stop token; and `messages[:j+1]` rendered alone must give the same text (or end with it)."""
     plain = [m.msg for m in msgs]
-    full = _render(ctx, plain, tools, False, where, "the whole record")
+    full = render_or_raise(ctx, plain, tools, False, where, "the whole record")
     spans: list[tuple[int, int]] = []
     for j, m in enumerate(msgs):
         if not m.trained or m.cont:
             continue
-        g = _group_end(msgs, j, where)
-        prompt = _render(ctx, plain[:j], tools, True, where, f"the prompt before message {m.src}")
+        g = group_end(msgs, j, where)
+        prompt = render_or_raise(ctx, plain[:j], tools, True, where, f"the prompt before message {m.src}")
         history = None
         if full.startswith(prompt):
             start = len(prompt)
         else:
-            history = _render(ctx, plain[:j], tools, False, where, f"the history before message {m.src}")
-            start = _find_header(full, prompt, history)
+            history = render_or_raise(ctx, plain[:j], tools, False, where, f"the history before message {m.src}")
+            start = find_header(full, prompt, history)
         if start is None or (spans and start < spans[-1][1]):
             raise RenderError("not_prefix_stable", f"{where}: the generation prompt before message {m.src} is not a "
                               "prefix of the full render, so the trained text cannot be located exactly")
-        full, body_end, end = _close_turn(ctx, full, start, _kind(msgs, g), m.src, where)
+        full, body_end, end = close_turn(ctx, full, start, _kind(msgs, g), m.src, where)
         # The same message rendered as the last turn: its body must equal the one in the full text, or end
         # with it when the template gives only the last turn a preamble (Qwen3's empty <think></think>).
-        alone = _render(ctx, plain[:g + 1], tools, False, where, f"message {m.src} as the last turn")
-        a_start = len(prompt) if alone.startswith(prompt) else _find_header(alone, prompt, history or "")
+        alone = render_or_raise(ctx, plain[:g + 1], tools, False, where, f"message {m.src} as the last turn")
+        a_start = len(prompt) if alone.startswith(prompt) else find_header(alone, prompt, history or "")
         last_stop = ctx.stops.of(kind_of(msgs[g].calls, True))
         alone_stop = alone.find(last_stop, a_start or 0) if last_stop else -1
         got, want = full[start:body_end], alone[a_start or 0:alone_stop if alone_stop >= 0 else len(alone)]
@@ -256,6 +256,6 @@ def spans_by_prefix(ctx: RenderContext, msgs: list[TemplateMessage], tools, wher
             raise RenderError("mask_mismatch", f"{where}: message {m.src}: {why}: {want!r} when last, {got!r} in the "
                               "full text")
         for part in msgs[j:g + 1]:
-            _check_pieces(ctx, full, (start, end), part, where)
+            check_pieces(ctx, full, (start, end), part, where)
         spans.append((start, end))
     return full, spans

@@ -93,6 +93,8 @@ def _wrap(tokenizer_object, template: str | None, specials: list[str]):
 
     bos, eos = _bos_eos_of(template or "", specials)
     tok = PreTrainedTokenizerFast(tokenizer_object=tokenizer_object, eos_token=eos, pad_token=eos, bos_token=bos)
+    if template is None and eos is None:  # no template to ask: a known end-of-turn token among the given ones
+        tok.eos_token = tok.pad_token = next((t for t in _EOT_CANDIDATES if t in specials), None) or "<|endoftext|>"
     if template is not None:
         tok.chat_template = template
         if eos is None:

@@ -27,11 +27,10 @@ import hashlib
 import json
 import random
 import re
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ..converters.seal_tools import coerce, seal_tool
+from ..converters.seal_tools import coerce, load_catalog, seal_tool
 from ..errors import TrajtuneError
 from ..trajectory import InvalidRecord, Message, Tool, ToolCall, check_arguments
 from .base import Environment, Task, Unsolvable, tool_error, tool_message
@@ -47,22 +46,6 @@ STATUSES = ["success", "completed", "active", "pending", "approved"]
 
 # ---------------------------------------------------------------------------------------------------------
 # The catalog and the tasks
-
-
-@lru_cache(maxsize=4)
-def load_catalog(path: str) -> dict[str, dict[str, Any]]:
-    """tool.jsonl: API name -> its Seal-Tools spec (parameters, required, responses, field)."""
-    specs: dict[str, dict[str, Any]] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                spec = json.loads(line)
-                specs[spec["api_name"]] = spec
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise TrajtuneError(f"{path}:{lineno}: not a Seal-Tools API definition ({e!r})") from None
-    return specs
 
 
 def data_files(path: Path) -> list[Path]:

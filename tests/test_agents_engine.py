@@ -152,3 +152,16 @@ def test_generation_options_are_checked():
     with pytest.raises(TrajtuneError, match="temperature >= 0"):
         GenerationOptions.of({"temperature": -1}, "hf:x")
     assert GenerationOptions.of({"stop": "END"}, "hf:x").stop == ("END",)
+
+
+def test_the_engine_prompts_with_the_prompt_format_the_export_recipe_records(tmp_path):
+    import json
+
+    from trajtune.data_builders.agents.engine import recorded_prompt_format
+    from trajtune.data_builders.render.recipe import RenderRecipe
+
+    (tmp_path / "trajtune.json").write_text(json.dumps({"recipe": RenderRecipe(prompt_format="react").to_dict(),
+                                                        "prompt_format": "tool-prompt"}))
+    assert recorded_prompt_format(tmp_path) == "react"  # the recipe wins over an older top-level key
+    (tmp_path / "trajtune.json").write_text(json.dumps({"prompt_format": "tool-prompt"}))
+    assert recorded_prompt_format(tmp_path) == "tool-prompt"

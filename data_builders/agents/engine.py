@@ -76,8 +76,9 @@ class Generation:
 
 
 def recorded_prompt_format(path: Path) -> str | None:
-    """The prompt format a trajtune export was trained with: trajtune.json's `prompt_format` (or `render.
-    prompt_format`), else the data manifest of the run config's `data` when that directory is at hand."""
+    """The prompt format a trajtune export was trained with: its rendering recipe's (trajtune.json `recipe`);
+    for an export older than recipes, trajtune.json's `prompt_format`, else the data manifest of the run config's
+    `data` when that directory is at hand."""
     info_file = path / "trajtune.json"
     if not info_file.is_file():
         return None
@@ -85,6 +86,10 @@ def recorded_prompt_format(path: Path) -> str | None:
         info = json.loads(info_file.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
         raise TrajtuneError(f"{info_file}: not readable JSON ({e}); re-export the model or remove the file") from None
+    if info.get("recipe") is not None:  # the rendering recipe the export records (render/recipe.py)
+        from ..render.recipe import load_recipe
+
+        return load_recipe(path).prompt_format
     fmt = info.get("prompt_format") or (info.get("render") or {}).get("prompt_format")
     data = (info.get("config") or {}).get("data")
     if fmt is None and isinstance(data, str) and (manifest := Path(data) / "manifest.json").is_file():

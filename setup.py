@@ -25,7 +25,7 @@ setup(
     python_requires=">=3.10",
     packages=["trajtune"] + [f"trajtune.{p}" for p in SUBPACKAGES] + ["trajtune.data_builders.converters"],
     package_dir={"trajtune": "."} | {f"trajtune.{p}": p for p in SUBPACKAGES},
-    package_data={"trajtune": ["ds_configs/*.json"], "trajtune.data_builders": ["prompt_formats/*.jinja"]},
+    package_data={"trajtune": ["ds_configs/*.json", "slurm/*.sbatch"], "trajtune.data_builders": ["prompt_formats/*.jinja"]},
     cmdclass={"build_py": BuildPy},
     install_requires=[
         "torch>=2.4",

@@ -39,7 +39,8 @@ ACTIVE = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZI
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    p = sub.add_parser("submit", formatter_class=parser.formatter_class, help="Render a template into the run directory and sbatch it.",
+    p = sub.add_parser("submit", formatter_class=parser.formatter_class,
+                       help="Render a template into the run directory and sbatch it.",
                        description="Render slurm/<template>.sbatch into RUN_DIR/slurm/ and submit it with sbatch. "
                                    "The trajtune command follows `--`.")
     # Shape
@@ -63,10 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--account", help="Slurm account (#SBATCH --account).")
     p.add_argument("--time", help="Time limit, e.g. 24:00:00 (default: the template's).")
     p.add_argument("--run-dir", help="Where the job's files go (default for train: its output_dir; required else).")
-    p.add_argument("--dry-run", action="store_true", help="Render the script and print the sbatch line; submit nothing.")
+    p.add_argument("--dry-run", action="store_true",
+                   help="Render the script and print the sbatch line; submit nothing.")
     p.add_argument("job_command", nargs=argparse.REMAINDER, metavar="-- COMMAND",
                    help="The trajtune command to run, e.g. -- train --config run.yaml key=value.")
-    s = sub.add_parser("status", formatter_class=parser.formatter_class, help="Jobs, state, last step, checkpoints and rank logs of a run directory.",
+    s = sub.add_parser("status", formatter_class=parser.formatter_class,
+                       help="Jobs, state, last step, checkpoints and rank logs of a run directory.",
                        description="Show a run directory's Slurm jobs (with requeues), their state, the last step, "
                                    "the checkpoints and the last lines of each rank's log.")
     s.add_argument("run_dir", metavar="RUN_DIR", help="The run directory (a train run's output_dir, or --run-dir).")

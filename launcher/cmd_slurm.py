@@ -225,7 +225,7 @@ def submit(args: argparse.Namespace) -> int:
 def _refuse_if_active(run_dir: Path) -> None:
     for job_id in job_ids(run_dir):
         state = job_state(job_id)["state"]
-        if state.split()[0] in ACTIVE:
+        if any(word in ACTIVE for word in state.replace(",", " ").split()):
             raise TrajtuneError(f"job {job_id} of {run_dir} is still {state}: a second job would write the same "
                                 f"checkpoints; wait for it or scancel {job_id}, then submit again")
 
@@ -252,11 +252,13 @@ def _ask(cmd: list[str]) -> str | None:
 def job_state(job_id: str) -> dict[str, str]:
     """{"state", "restarts", "source"} of a job from squeue, else scontrol (jobs the controller still holds), else
     sacct (accounting); "unknown" where none knows it. An array job's tasks are listed, comma-separated."""
-    queued = _ask(["squeue", "-h", "-j", job_id, "-o", "%i %T %r"])
+    queued = _ask(["squeue", "-h", "-j", job_id, "-o", "%i %T"])
     shown = _ask(["scontrol", "show", "job", job_id])
     restarts = ",".join(sorted(set(re.findall(r"\bRestarts=(\d+)", shown or "")))) or "?"
     if queued:
-        return {"state": ", ".join(queued.splitlines()), "restarts": restarts, "source": "squeue"}
+        rows = [line.split() for line in queued.splitlines()]
+        state = rows[0][1] if len(rows) == 1 and rows[0][0] == job_id else ", ".join(" ".join(r) for r in rows)
+        return {"state": state, "restarts": restarts, "source": "squeue"}
     if shown:
         states = re.findall(r"\bJobState=(\S+)", shown)
         return {"state": ", ".join(states), "restarts": restarts, "source": "scontrol"}

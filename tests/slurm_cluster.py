@@ -19,6 +19,7 @@ import subprocess
 import time
 from pathlib import Path
 
+FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE")
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "srun")
 
 
@@ -154,16 +155,23 @@ PartitionName=debug Nodes={','.join(ports)} Default=YES MaxTime=INFINITE State=U
         return dict(re.findall(r"(\w+)=(\S*)", text))
 
     def wait_for(self, job_id: str, states: tuple[str, ...], timeout: float = 240, release: bool = True) -> dict:
-        """Poll the job until its JobState is one of `states`. With `release`, a requeued job waiting out Slurm's
-        requeue delay (Reason=BeginTime, ~2 minutes) is made eligible at once."""
+        """Poll the job until its JobState is one of `states` (AssertionError at another final state). With
+        `release`, a requeued job waiting out Slurm's requeue delay (Reason=BeginTime, ~2 minutes) is made eligible
+        after 2 s: the nodes revoke the last start's credential by the second, and a start within that second
+        fails ("Job credential revoked")."""
         deadline = time.time() + timeout
+        pending_since = None
         while True:
             info = self.job(job_id)
-            if info.get("JobState") in states:
+            state = info.get("JobState")
+            if state in states:
                 return info
-            if release and info.get("JobState") == "PENDING" and info.get("Reason") == "BeginTime":
-                self.client(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=False)
-            assert time.time() < deadline, f"job {job_id} is {info.get('JobState')} after {timeout} s, not {states}"
+            assert state not in FINAL, f"job {job_id} ended {state}, not {states}: {info}"
+            if release and state == "PENDING" and info.get("Reason") == "BeginTime":
+                pending_since = pending_since or time.time()
+                if time.time() - pending_since > 2:
+                    self.client(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=False)
+            assert time.time() < deadline, f"job {job_id} is {state} after {timeout} s, not {states}"
             time.sleep(0.2)
 
     def stop(self) -> None:

@@ -4,7 +4,7 @@
 `__init__.py` is the `trajtune` package itself. Works for `pip install .`, wheels and `pip install -e .`.
 """
 
-from setuptools import setup
+from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 SUBPACKAGES = ["launcher", "trainer", "data_builders", "eval"]
@@ -23,9 +23,11 @@ setup(
     version="0.1.0",
     description="Turn open LLMs into tool-calling agents: convert, render, build, train, evaluate.",
     python_requires=">=3.10",
-    packages=["trajtune"] + [f"trajtune.{p}" for p in SUBPACKAGES] + ["trajtune.data_builders.converters"],
+    # Every package below the top-level folders (wings such as data_builders/envs/ included).
+    packages=["trajtune"] + [f"trajtune.{p}" for p in SUBPACKAGES]
+    + [f"trajtune.{p}.{sub}" for p in SUBPACKAGES for sub in find_packages(p)],
     package_dir={"trajtune": "."} | {f"trajtune.{p}": p for p in SUBPACKAGES},
-    package_data={"trajtune": ["ds_configs/*.json", "slurm/*.sbatch"], "trajtune.data_builders": ["prompt_formats/*.jinja"]},
+    package_data={"trajtune": ["ds_configs/*.json", "slurm/*.sbatch"], "trajtune.data_builders.render": ["prompt_formats/*.jinja"]},
     cmdclass={"build_py": BuildPy},
     install_requires=[
         "torch>=2.4",
@@ -47,7 +49,8 @@ setup(
     extras_require={
         "gpu": ["flash-attn>=2.6", "liger-kernel"],
         "serve": ["fastapi", "uvicorn"],
-        "dev": ["pytest", "ruff", "hypothesis", "build", "trl"],
+        "agents": ["openai>=1.40"],  # the openai: policy (any OpenAI-compatible endpoint)
+        "dev": ["pytest", "ruff", "hypothesis", "build", "trl", "openai>=1.40"],
     },
     entry_points={"console_scripts": ["trajtune=trajtune.launcher.cli:main"]},
 )

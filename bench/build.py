@@ -6,7 +6,7 @@ template, then prints side by side, each contender in its own fresh process with
 records/s, tokens/s, packing efficiency at 4096 and 2048, samples longer than seq_len (truncated by TRL
 silently; by us at a message boundary, counted), the Martello-Toth L2 bound, peak RSS; plus a mixed build
 (agent 0.2 : general 0.8) and the time of a cached re-run. `trajtune-nocache` is the same build with the
-repeated-segment cache off (`render._ids_of_texts`). TRL is a dev-only dependency of this script.
+repeated-segment cache off (`render.encode._ids_of_texts`). TRL is a dev-only dependency of this script.
 
     python bench/build.py --records 3000 [--work /tmp/trajtune-bench] [--num-proc 2]
 """
@@ -90,15 +90,17 @@ def run_trajtune(a) -> dict:
     import datasets
     from transformers import AutoTokenizer  # noqa: F401  imported before the clock starts, as for TRL
 
-    from trajtune.data_builders import render
     from trajtune.data_builders.build import BuildConfig, build
+    from trajtune.data_builders.render import encode
 
     datasets.disable_progress_bars()
     if a.one == "trajtune-nocache":  # every text encoded whole, as where nothing long repeats (the map forks: inherited)
-        render.MIN_REPEAT_CHARS = sys.maxsize
+        encode.MIN_REPEAT_CHARS = sys.maxsize
 
+    # trajtune-per-turn: the same corpus and template forced to one sample per trained turn (per_turn.py), against
+    # the joint build (`trajtune`: --turns joint, which auto also picks for Qwen2.5).
     cfg = BuildConfig(data=a.data, tokenizer=a.tokenizer, seq_len=a.seq_len, out=a.out, num_proc=a.num_proc,
-                      cache_dir=a.cache, overlong="truncate")
+                      cache_dir=a.cache, overlong="truncate", turns="per-turn" if a.one == "trajtune-per-turn" else "joint")
     anon = AnonPeak()
     t0 = time.time()
     m = build(cfg, log=lambda *_: None)
@@ -107,6 +109,7 @@ def run_trajtune(a) -> dict:
     tr = m["train"]
     too_long = m["truncated"] + m["dropped_by_reason"].get("overlong", 0)
     return {"seconds": seconds, "records": m["records_in"], "tokens": tr["total_tokens"], "samples": tr["samples"],
+            "extra_context_tokens": m["turns"]["extra_context_tokens"],
             "packs": tr["packs"], "efficiency": tr["packing_efficiency"], "l2_packs": tr["l2_bound_packs"],
             "bound": tr["efficiency_upper_bound"], "too_long": too_long, "dropped": m["dropped_by_reason"],
             "mixture": m["mixture"], "rss_mib": peak_rss_mib(), "anon_mib": anon_peak}
@@ -158,7 +161,8 @@ def main() -> None:
     p.add_argument("--rss", type=int, nargs=2, metavar=("N1", "N2"),
                    help="instead: peak memory of one-process builds of N1 and N2 short chat records")
     # child mode
-    p.add_argument("--one", choices=["trajtune", "trajtune-nocache", "trl"], help=argparse.SUPPRESS)
+    p.add_argument("--per-turn", action="store_true", help="instead: joint vs per-turn build of the same corpus")
+    p.add_argument("--one", choices=["trajtune", "trajtune-nocache", "trajtune-per-turn", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--data", action="append", help=argparse.SUPPRESS)
     p.add_argument("--tokenizer", help=argparse.SUPPRESS)
     p.add_argument("--seq-len", type=int, help=argparse.SUPPRESS)
@@ -174,6 +178,9 @@ def main() -> None:
     work.mkdir(parents=True)
     if a.rss:
         rss_scaling(work, a.rss)
+        return
+    if a.per_turn:
+        per_turn_ratio(work, a)
         return
     agent, general = work / "agent.jsonl", work / "general.jsonl"
     subprocess.run([sys.executable, str(CORPUS), str(a.records), str(agent)], check=True)
@@ -236,6 +243,35 @@ def main() -> None:
     print(f"mixed build agent 0.2 : general 0.8 @4096: {mixed['records']} records in, {mixed['records'] / mixed['seconds']:.0f}"
           f" records/s, efficiency {mixed['efficiency']:.4f} (L2 bound {mixed['bound']:.4f}), effective mixture "
           + ", ".join(f"{Path(k).name} {v:.3f}" for k, v in mixed["mixture"].items()))
+
+
+def per_turn_ratio(work: Path, a) -> None:
+    """Build time of the same corpus joint and per-turn (each trained turn its own sample, its context rendered
+    with the generation prompt), alternating, `--repeat` times each; the best time of each counts."""
+    from trajtune.data_builders.tokenizer import train_bpe_tokenizer
+
+    agent = work / "agent.jsonl"
+    subprocess.run([sys.executable, str(CORPUS), str(a.records), str(agent)], check=True)
+    with open(agent) as f:
+        texts = [line for _, line in zip(range(2000), f)]
+    train_bpe_tokenizer(texts, 4096, TEMPLATE.read_text()).save_pretrained(str(work / "tok"))
+    best: dict[str, dict] = {}
+    for rep in range(a.repeat):
+        for who in ("trajtune", "trajtune-per-turn"):
+            r = child(["--one", who, "--tokenizer", str(work / "tok"), "--seq-len", "4096", "--out",
+                       str(work / f"{who}-{rep}"), "--cache", str(work / f"cache-{who}-{rep}"), "--num-proc",
+                       str(a.num_proc), "--data", str(agent)])
+            if who not in best or r["seconds"] < best[who]["seconds"]:
+                best[who] = r
+    print(f"\ncorpus: {a.records} agent records (make_corpus.py), 4k BPE + Qwen2.5 (prefix-stable), seq_len 4096, "
+          f"num_proc={a.num_proc}, best of {a.repeat}")
+    print(f"{'':20}{'seconds':>9}{'records/s':>11}{'samples':>9}{'tokens':>11}{'repeated ctx':>14}{'packs':>7}")
+    for who, r in best.items():
+        print(f"{who:20}{r['seconds']:>9.2f}{r['records'] / r['seconds']:>11.0f}{r['samples']:>9}{r['tokens']:>11}"
+              f"{r['extra_context_tokens']:>14}{r['packs']:>7}")
+    joint, per_turn = best["trajtune"], best["trajtune-per-turn"]
+    print(f"per-turn / joint build time: {per_turn['seconds'] / joint['seconds']:.2f}x "
+          f"({per_turn['tokens'] / joint['tokens']:.2f}x the tokens)")
 
 
 def rss_scaling(work: Path, sizes: list[int]) -> None:

@@ -194,11 +194,12 @@ def rows_by_batch(files: CacheFiles, rows: np.ndarray, columns: list[str]):
             f.close()
 
 
-def read_tokens(files: CacheFiles, fds: list[int], rows: np.ndarray, lengths: np.ndarray):
-    """input_ids (int32) and loss_mask (int8) of `rows` (repeats allowed), back to back in `rows` order; `fds` are
-    `files.names` opened."""
+def read_tokens(files: CacheFiles, fds: list[int], rows: np.ndarray, lengths: np.ndarray, skip: np.ndarray | None = None):
+    """input_ids (int32) and loss_mask (int8) of `rows` (repeats allowed), back to back in `rows` order: `lengths[k]`
+    tokens of row `rows[k]` from its token `skip[k]` (0 when None: a sample of a per-turn row starts inside it);
+    `fds` are `files.names` opened."""
     b = files.batch_of(rows)
-    local = files.local[rows].astype(np.int64)
+    local = files.local[rows].astype(np.int64) + (0 if skip is None else skip)
     dest = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
     ids = np.empty(int(dest[-1]), np.int32)
     mask = np.empty(int(dest[-1]), np.int8)

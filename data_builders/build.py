@@ -3,14 +3,15 @@
 Stages, per source file (every drop is counted by reason and written to OUT/dropped.jsonl with file and line):
 1. index   the file cut into runs of whole lines of up to 2 MB (`line_run_index`, cached by path+size+mtime);
 2. process `datasets.map(num_proc=N)` of the pure per-record function `process_record`, a run of lines at a time
-           (one read from the file; BATCH records tokenized in one call, render.render_batch):
-           parse + validate, no-trained-message filter, decontamination, dedup keys, render + mask, over-long
-           drop/truncate;
+           (one read from the file; BATCH records tokenized in one call, render.per_turn.render_samples):
+           parse + validate, no-trained-message filter, decontamination, dedup keys, render + mask (joint, or
+           one sample per trained turn: --turns, samples.py), over-long drop/truncate;
            its fingerprint is a hash of everything it depends on, so a re-run reads the cache;
 3. dedup   global, across sources in --data order: exact keys, then MinHash bands (`--dedup near`);
 4. split   --val-fraction of each source's kept records held out for validation (by record, before packing);
 5. mix     each source sampled to its trained-token target (mix.py), deterministic from --seed;
-6. pack    best-fit-decreasing on lengths only (pack.py), then the packs are written chunk by chunk.
+6. pack    best-fit-decreasing on lengths only (pack.py), each turn of a per-turn record a sample of its own
+           (`samples.SampleIndex`), then the packs are written chunk by chunk.
 Memory: the build holds ~40 bytes a record at its peak (lengths, flags, sample and pack indices as NumPy arrays,
 int32 where that is enough; ~130 more with --dedup near), and nothing else that grows with the records: the map
 cache files have one record batch per few MB of input, and tokens are read with `os.preadv` a chunk of packs at a
@@ -32,6 +33,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -44,6 +46,7 @@ import xxhash
 from . import arrow_io, filters, mix, pack
 from .errors import TrajtuneError
 from .progress import add_done, record_progress
+from .samples import SampleIndex, record_row, truncation_point  # noqa: F401  (truncation_point: part of this API)
 from .trajectory import InvalidRecord, iter_lines, parse_line, validate_record
 
 FORMAT_VERSION = 1
@@ -51,7 +54,8 @@ PACK_CHUNK = 64  # packs gathered and written per step: bounds the tokens held i
 BATCH = 1000  # records rendered (and tokenized) together
 CHUNK_BYTES = 2 << 20  # most JSONL bytes per map batch (a run of whole lines, see `line_run_index`)
 MIN_CHUNK_BYTES = 64 << 10
-SCALARS = {"n_tokens": np.int32, "n_trained": np.int32, "truncated": bool, "key": np.int64}  # read per row
+SCALARS = {"n_tokens": np.int32, "n_trained": np.int32, "truncated": bool, "key": np.int64,  # read per row
+           "turn_samples": np.int32}
 MAX_LISTED = 1000  # contaminated records listed in the manifest (all of them are in dropped.jsonl)
 
 
@@ -61,7 +65,16 @@ class BuildConfig:
     out: str = field(default="", metadata={"help": "output directory"})
     tokenizer: str | None = field(default=None, metadata={"help": "tokenizer directory (a model's or a saved one)"})
     template: str | None = field(default=None, metadata={"help": "chat template .jinja (replaces the tokenizer's)"})
-    prompt_format: str | None = field(default=None, metadata={"help": "tool prompt format passed to the renderer"})
+    prompt_format: str | None = field(default="auto", metadata={"help": "tool prompt format: auto, none, tool-prompt, "
+                                                                "react or chatglm3 (render/prompt_formats.py)"})
+    template_kwargs: list[str] = field(default_factory=list, metadata={"help": "KEY=VALUE variables for the template"})
+    call_syntax: str | None = field(default=None, metadata={"help": "call syntax of a template that ignores tool_calls"})
+    reasoning: str | None = field(default=None, metadata={"help": "reasoning with no place in the template: inline, drop"})
+    call_content: str | None = field(default=None, metadata={"help": "text next to a call the template cannot show: drop"})
+    turns: Literal["auto", "joint", "per-turn"] = field(default="auto", metadata={
+        "help": "per-turn: one sample per trained assistant turn (context = the generation prompt before it); joint: "
+                "one per record; auto: joint where the template is prefix-stable, else (and for a record that "
+                "fails joint) per-turn"})
     seq_len: int = field(default=4096, metadata={"help": "tokens per pack"})
     overlong: Literal["drop", "truncate"] = field(default="truncate", metadata={
         "help": "a sample longer than seq_len: drop it, or cut it after its last trained message that fits"})
@@ -88,20 +101,8 @@ class RecordJob:
     overlong: str
     dedup: str
     decontam: filters.DecontamIndex | None
-
-
-def truncation_point(loss_mask: list[int], seq_len: int) -> int:
-    """Length to cut a too-long sample to: the end of its last trained run that fits in seq_len, 0 if none.
-
-    A trained run ends at the end-of-turn token of a trained message, which is a message boundary, so the cut
-    never splits a message and what is kept still trains at least one message.
-    >>> truncation_point([0, 1, 1, 0, 0, 1, 1, 0], 6)
-    3
-    """
-    for end in range(min(seq_len, len(loss_mask)), 0, -1):
-        if loss_mask[end - 1] and (end == len(loss_mask) or not loss_mask[end]):
-            return end
-    return 0
+    options: Any = None  # render.RenderOptions (template kwargs, call syntax, reasoning, call content)
+    turns: str = "auto"
 
 
 def process_record(raw: bytes, job: RecordJob) -> dict[str, Any]:
@@ -113,21 +114,26 @@ def process_record(raw: bytes, job: RecordJob) -> dict[str, Any]:
 
 
 def process_records(raws: list[bytes], job: RecordJob) -> list[dict[str, Any]]:
-    """`process_record` of each line, with the renders of the batch tokenized together (`render_batch`)."""
-    from .render import render_batch
+    """`process_record` of each line, with the renders of the batch tokenized together (`render_samples`)."""
+    from .render import RenderError
+    from .render.per_turn import render_samples
 
     rows, records = zip(*(_before_render(raw, job) for raw in raws)) if raws else ((), ())
     rows = list(rows)
     todo = [i for i, r in enumerate(records) if r is not None]
-    for i, rendered in zip(todo, render_batch([records[i] for i in todo], job.tokenizer, job.prompt_format)):
-        rows[i] = _after_render(rows[i], rendered, job)
+    for i, got in zip(todo, render_samples([records[i] for i in todo], job.tokenizer, job.prompt_format, job.turns,
+                                                  job.options)):
+        # a Rendered's samples -> tokens, mask and sample lengths (over-long ones handled), or the drop reason
+        rows[i] = {**rows[i], **({"reason": got.reason, "detail": got.detail} if isinstance(got, RenderError)
+                                 else record_row(got.samples, got.per_turn, job.seq_len, job.overlong))}
     return rows
 
 
 def _before_render(raw: bytes, job: RecordJob) -> tuple[dict[str, Any], Any]:
     """(row, validated record to render), or (row with its drop reason, None)."""
     row: dict[str, Any] = {"id": "", "reason": "", "detail": "", "input_ids": [], "loss_mask": [], "n_tokens": 0,
-                           "n_trained": 0, "truncated": False, "key": 0, "bands": []}
+                           "n_trained": 0, "truncated": False, "key": 0, "bands": [], "sample_lens": [],
+                           "turn_samples": 0}
     try:
         record = validate_record(parse_line(raw))
     except InvalidRecord as e:
@@ -144,26 +150,6 @@ def _before_render(raw: bytes, job: RecordJob) -> tuple[dict[str, Any], Any]:
     if job.dedup == "near":
         row["bands"] = filters.minhash_bands(filters.dialogue_text(record))
     return row, record
-
-
-def _after_render(row: dict[str, Any], rendered, job: RecordJob) -> dict[str, Any]:
-    """The row of a rendered record (a Rendered, or the RenderError it raised): mask checks and over-length."""
-    from .render import RenderError
-
-    if isinstance(rendered, RenderError):
-        return {**row, "reason": rendered.reason, "detail": rendered.detail}
-    ids, mask = rendered.input_ids, rendered.loss_mask
-    if not any(mask[1:]):
-        return {**row, "reason": "no_trained_token", "detail": "the rendered loss mask is empty"}
-    if len(ids) > job.seq_len:
-        cut = truncation_point(mask, job.seq_len) if job.overlong == "truncate" else 0
-        if cut == 0:
-            how = "no trained message ends within seq_len" if job.overlong == "truncate" else "--overlong drop"
-            return {**row, "reason": "overlong", "detail": f"{len(ids)} tokens > seq_len {job.seq_len} ({how})"}
-        ids, mask = ids[:cut], mask[:cut]
-        row["truncated"] = True
-    row.update(input_ids=ids, loss_mask=mask, n_tokens=len(ids), n_trained=sum(mask[1:]))  # see pack_rows: label 0 is -100
-    return row
 
 
 def _process_chunks(batch: dict[str, list], job: RecordJob, path: str):
@@ -199,6 +185,8 @@ def _rows_table(rows: list[dict[str, Any]], lines: np.ndarray):
         "n_tokens": pa.array(col["n_tokens"], pa.int32()), "n_trained": pa.array(col["n_trained"], pa.int32()),
         "truncated": pa.array(col["truncated"], pa.bool_()), "key": pa.array(col["key"], pa.int64()),
         "bands": pa.array(col["bands"], pa.list_(pa.int64())), "line": pa.array(lines, pa.int64()),
+        "sample_lens": arrow_io.list_array(col["sample_lens"], np.int32),
+        "turn_samples": pa.array(col["turn_samples"], pa.int32()),
     }, schema=_features().arrow_schema)
 
 
@@ -243,7 +231,8 @@ def _features():
     return Features({"id": Value("string"), "reason": Value("string"), "detail": Value("string"),
                      "input_ids": Sequence(Value("int32")), "loss_mask": Sequence(Value("int8")),
                      "n_tokens": Value("int32"), "n_trained": Value("int32"), "truncated": Value("bool"),
-                     "key": Value("int64"), "bands": Sequence(Value("int64")), "line": Value("int64")})
+                     "key": Value("int64"), "bands": Sequence(Value("int64")), "line": Value("int64"),
+                     "sample_lens": Sequence(Value("int32")), "turn_samples": Value("int32")})
 
 
 def _pack_features():
@@ -303,8 +292,16 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
     stage = out.with_name(out.name + ".partial")
     shutil.rmtree(stage, ignore_errors=True)
 
-    job = RecordJob(tok, cfg.prompt_format, cfg.seq_len, cfg.overlong, cfg.dedup, decontam)
-    job_key = _hash(FORMAT_VERSION, tok_hash, cfg.prompt_format, cfg.seq_len, cfg.overlong, cfg.dedup,
+    from .render.options import RenderOptions, parse_template_kwargs
+    from .render.prompt_formats import announce_prompt_format, resolve_prompt_format
+
+    options = RenderOptions(parse_template_kwargs(cfg.template_kwargs), cfg.call_syntax, cfg.reasoning, cfg.call_content)
+    prompt_format = resolve_prompt_format(tok, cfg.prompt_format, options)
+    if note := announce_prompt_format(tok, cfg.prompt_format, options):
+        print(f"build: {note}", file=sys.stderr)
+    job = RecordJob(tok, cfg.prompt_format, cfg.seq_len, cfg.overlong, cfg.dedup, decontam, options, cfg.turns)
+    job_key = _hash(FORMAT_VERSION, tok_hash, cfg.prompt_format, repr(options), cfg.turns, cfg.seq_len, cfg.overlong,
+                    cfg.dedup,
                     decontam and [cfg.decontam_n, [file_fingerprint(f) for f in cfg.decontam]], code)
     processed = []
     for s in specs:
@@ -339,6 +336,16 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
     dropped_by_source = _write_dropped(stage / "dropped.jsonl", files, names, offsets, dropped_in_map, dedup_drops,
                                        contaminated)
     del dropped_in_map, dedup_drops
+    turn_samples = columns.pop("turn_samples")  # > 0: a per-turn record, with that many samples
+    per_turn = ok & (turn_samples > 0)
+    index = SampleIndex.read(files, np.flatnonzero(ok & (turn_samples > 1)))
+    from .render.recipe import build_recipe
+
+    decided = _template_turns(tok, cfg)
+    turns = {"mode": cfg.turns, "template": decided, "per_turn_records": int(per_turn.sum()),
+             "per_turn_samples": int(turn_samples[per_turn].sum(dtype=np.int64)),
+             "extra_context_tokens": index.extra_context_tokens(columns["n_tokens"])}
+    del turn_samples, per_turn
 
     # ---- validation split, mixture
     rng = np.random.default_rng(cfg.seed)
@@ -372,12 +379,12 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
     if not len(train_samples):
         raise TrajtuneError(_nothing_to_train(cfg, int(sum(sizes)), total_dropped, stage / "dropped.jsonl"))
     tok.save_pretrained(str(stage / "tokenizer"))
-    train_stats = _pack_and_write(files, train_samples, n_tokens, n_trained, cfg, stage / "train", rng,
+    train_stats = _pack_and_write(files, index, train_samples, n_tokens, n_trained, cfg, stage / "train", rng,
                                   _hash(build_key, "train")[:16], log)
     val_stats = None
     val_samples = np.concatenate(val_rows)
     if cfg.val_fraction > 0:
-        val_stats = _pack_and_write(files, val_samples, n_tokens, n_trained, cfg, stage / "validation", rng,
+        val_stats = _pack_and_write(files, index, val_samples, n_tokens, n_trained, cfg, stage / "validation", rng,
                                     _hash(build_key, "validation")[:16], log)
 
     # ---- manifest
@@ -407,7 +414,10 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
         "config": dataclasses.asdict(cfg),
         "tokenizer": {"name": getattr(tok, "name_or_path", "") or (cfg.template or ""), "hash": tok_hash,
                       "vocab_size": len(tok), "template": cfg.template, "eos_token": tok.eos_token},
-        "seq_len": cfg.seq_len, "prompt_format": cfg.prompt_format, "seed": cfg.seed,
+        # The prompt format records were rendered with ("auto" resolved: what the engine and export must use).
+        "seq_len": cfg.seq_len, "prompt_format": prompt_format, "turns": turns, "seed": cfg.seed,
+        # How records became text (render/recipe.py): train copies it into the export, whose chat template follows it.
+        "recipe": build_recipe(tok, prompt_format, decided or cfg.turns, options).to_dict(),
         "records_in": int(sum(sizes)), "kept": int(ok.sum()), "dropped": sum(total_dropped.values()),
         "dropped_by_reason": dict(total_dropped), "truncated": int(truncated[ok].sum()),
         "decontamination": decontam and {"files": decontam.files, "n": decontam.n,
@@ -543,15 +553,22 @@ def _write_dropped(path: Path, files: arrow_io.CacheFiles, names: list[str], off
     return counts
 
 
-def _pack_and_write(files: arrow_io.CacheFiles, samples: np.ndarray, n_tokens, n_trained, cfg: BuildConfig, dest: Path, rng,
-                    fingerprint: str, log):
-    """Pack `samples` (global row ids, repeats allowed) and save the packs to `dest` as a Dataset with `fingerprint`;
-    return their statistics."""
+def _template_turns(tok, cfg: BuildConfig) -> str | None:
+    """How --turns auto renders this template ("joint" or "per-turn"); None when --turns names it."""
+    from .render.per_turn import template_turns
+
+    return template_turns(tok, cfg.prompt_format) if cfg.turns == "auto" else None
+
+
+def _pack_and_write(files: arrow_io.CacheFiles, index: SampleIndex, rows: np.ndarray, n_tokens, n_trained, cfg: BuildConfig,
+                    dest: Path, rng, fingerprint: str, log):
+    """Pack the samples of `rows` (global row ids, repeats allowed; a per-turn row's turns are samples of their own,
+    `index`) and save the packs to `dest` as a Dataset with `fingerprint`; return their statistics."""
     import pyarrow as pa
     from datasets.arrow_writer import ArrowWriter
     from tqdm.auto import tqdm
 
-    lengths = n_tokens[samples]
+    samples, skip, lengths = index.expand(rows, n_tokens)
     bound = pack.l2_lower_bound(lengths, cfg.seq_len)
     bin_of, n_bins = pack.pack_best_fit_decreasing(lengths, cfg.seq_len)
     # Pack order is shuffled (seeded) so a trainer reading in order does not see all long samples first.
@@ -571,9 +588,10 @@ def _pack_and_write(files: arrow_io.CacheFiles, samples: np.ndarray, n_tokens, n
         with ArrowWriter(features=_pack_features(), path=str(data_file)) as writer:
             for c0 in tqdm(range(0, n_bins, PACK_CHUNK), desc=f"write {dest.name}", unit="chunk", disable=n_bins == 0):
                 c1 = min(c0 + PACK_CHUNK, n_bins)
-                members = samples[order[starts[c0]:starts[c1]]]
-                ids, mask = arrow_io.read_tokens(files, fds, members, n_tokens[members])
-                columns = pack.pack_columns(ids, mask, n_tokens[members], per_pack[c0:c1])
+                picked = order[starts[c0]:starts[c1]]
+                ids, mask = arrow_io.read_tokens(files, fds, samples[picked], lengths[picked],
+                                                 None if skip is None else skip[picked])
+                columns = pack.pack_columns(ids, mask, lengths[picked], per_pack[c0:c1])
                 # The packs' tokens, labels and sample lengths with the packs' bounds; position_ids follow from these.
                 for values in (*(columns[k][0] for k in ("input_ids", "labels", "seq_lens")), columns["seq_lens"][1]):
                     digest.update(memoryview(np.ascontiguousarray(values, dtype=np.int32)).cast("B"))
@@ -586,7 +604,8 @@ def _pack_and_write(files: arrow_io.CacheFiles, samples: np.ndarray, n_tokens, n
     arrow_io.write_dataset_dir(tmp, dest, data_file, _pack_features(), fingerprint)
 
     total = int(lengths.sum())
-    stats = {"samples": len(samples), "packs": n_bins, "total_tokens": total, "trained_tokens": int(n_trained[samples].sum()),
+    stats = {"records": len(rows), "samples": len(samples), "packs": n_bins, "total_tokens": total,
+             "trained_tokens": int(n_trained[rows].sum(dtype=np.int64)),
              "packing_efficiency": total / (n_bins * cfg.seq_len) if n_bins else 0.0, "l2_bound_packs": bound,
              "efficiency_upper_bound": total / (bound * cfg.seq_len) if bound else 0.0, "sha256": digest.hexdigest()}
     log(f"build: {dest.name}: {stats['samples']} samples -> {n_bins} packs of {cfg.seq_len}, efficiency "

@@ -21,10 +21,12 @@ _SPECIAL_RE = re.compile(
     r"|</?s>"
     r"|<</?SYS>>"
     r"|</?tool_call>|</?tool_response>|</?tools>"
+    r"|</?[a-z]+(?:_[a-z0-9]+)+>"  # Gemma <start_of_turn>/<end_of_turn>, Nemotron <extra_id_1>, GLM-4.5 <arg_key>
+    r"|<SPECIAL_\d+>|<[a-z]+:[a-z_]+>|\[\|[a-z_]+\|\]"  # Nemotron-H <SPECIAL_12>, Seed <seed:eos>, EXAONE [|endofturn|]
 )
 
-# End-of-turn tokens in order of preference; the first one the template uses becomes `eos_token`.
-_EOT_CANDIDATES = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|end_of_text|>", "<｜end▁of▁sentence｜>", "</s>", "<|user|>")
+# For a template that writes `eos_token` itself: the end tokens its family uses, in order of preference.
+_EOT_CANDIDATES = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<|end_of_text|>", "<｜end▁of▁sentence｜>", "</s>")
 
 
 # Role tokens that GLM/ChatGLM3 templates build by concatenation (`'<|' + role + '|>'`, `<|{{ role }}|>`), so
@@ -49,17 +51,29 @@ def special_tokens_of(template: str) -> list[str]:
     return list(seen)
 
 
+def _named(specials: list[str], word: str) -> str | None:
+    """A token named after `word` (Seed's `<seed:eos>`), or None."""
+    return next((t for t in specials if word in re.split(r"[^a-z]+", t.lower())), None)
+
+
 def _bos_eos_of(template: str, specials: list[str]) -> tuple[str | None, str | None]:
     """The bos/eos a template's model family uses. Templates often write them as the `bos_token`/`eos_token`
-    variables, not literally (Mistral, Llama-2, Phi-4, DeepSeek), so guess the family from its other tokens."""
-    eos = next((t for t in _EOT_CANDIDATES if t in specials), None)
+    variables, not literally (Mistral, Llama-2, Phi-4, DeepSeek), so guess the family from its other tokens.
+    The eos of a template that does not write `eos_token` is None here: it is the stop token a probe render
+    finds (`_wrap`), never a role token such as OLMo-2's `<|user|>`."""
+    eos = None
     if "eos_token" in template:
+        eos = _named(specials, "eos") or next((t for t in _EOT_CANDIDATES if t in specials), None)
         if "<|end|>" in specials:
             eos = "<|endoftext|>"  # Phi: turns end with <|end|>, the sequence with <|endoftext|>
-        elif eos is None or "[INST]" in specials:
+        elif "[INST]" in specials or (eos is None and not any(t.startswith("<|") for t in specials)):
             eos = "</s>"  # sentencepiece families (Llama-2, Mistral)
-    bos = None
-    if "<s>" in specials:
+        elif eos is None:
+            eos = "<|endoftext|>"  # GPT-2-style vocabularies (OLMo-2 writes eos_token after its turns)
+    bos = _named(specials, "bos")
+    if bos is not None:
+        pass
+    elif "<s>" in specials:
         bos = "<s>"
     elif "bos_token" in template:
         if any(t.startswith("<｜") for t in specials):
@@ -72,12 +86,25 @@ def _bos_eos_of(template: str, specials: list[str]) -> tuple[str | None, str | N
 
 
 def _wrap(tokenizer_object, template: str | None, specials: list[str]):
+    """The tokenizer with bos/eos set: the eos of a template that does not write `eos_token` is the token its
+    final answers stop at (`template_stop_tokens`, e.g. Gemma's `<end_of_turn>`, GLM's `<|user|>`), else
+    `<|endoftext|>` (added) for a template that has none (Falcon: plain `User:` turns)."""
     from transformers import PreTrainedTokenizerFast
 
     bos, eos = _bos_eos_of(template or "", specials)
     tok = PreTrainedTokenizerFast(tokenizer_object=tokenizer_object, eos_token=eos, pad_token=eos, bos_token=bos)
+    if template is None and eos is None:  # no template to ask: a known end-of-turn token among the given ones
+        tok.eos_token = tok.pad_token = next((t for t in _EOT_CANDIDATES if t in specials), None) or "<|endoftext|>"
     if template is not None:
         tok.chat_template = template
+        if eos is None:
+            from .render.stops import template_stop_tokens
+
+            stops = template_stop_tokens(tok)
+            found = stops.answer or stops.history or stops.call
+            if found is None:
+                tok.add_special_tokens({"eos_token": "<|endoftext|>"})
+            tok.eos_token = tok.pad_token = found or "<|endoftext|>"
     return tok
 
 

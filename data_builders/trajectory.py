@@ -52,6 +52,7 @@ class Message(TypedDict, total=False):
     tool_call_id: str  # tool only: the call it answers
     name: str  # tool only: the function that produced it
     loss: bool  # trained or not; default: assistant messages are trained, all else is not
+    reasoning_content: str  # assistant only: the thought the model writes before its answer or calls
 
 
 class Trajectory(TypedDict, total=False):
@@ -69,7 +70,7 @@ REASONS = {
     "not_object": "the record is not a JSON object",
     "no_messages": "`messages` is missing or empty",
     "bad_role": "a message has a role other than system/user/assistant/tool",
-    "bad_message": "a message is malformed (content, tool_calls or loss of the wrong type)",
+    "bad_message": "a message is malformed (content, tool_calls, loss or reasoning_content of the wrong type)",
     "bad_tools": "`tools` is malformed",
     "orphan_tool_result": "a tool message answers no earlier tool call",
     "undefined_tool": "an assistant calls a tool that `tools` does not define",
@@ -189,6 +190,11 @@ def validate_record(obj: Any) -> Trajectory:
             raise InvalidRecord("bad_message", f"{where}: loss must be true, false or absent, got {m['loss']!r}")
         if msg.get("loss", 0) is None:
             del msg["loss"]
+        if msg.get("reasoning_content", "") is None:
+            del msg["reasoning_content"]
+        elif "reasoning_content" in msg and (role != "assistant" or not isinstance(msg["reasoning_content"], str)):
+            raise InvalidRecord("bad_message", f"{where} ({role}): reasoning_content must be a string on an assistant "
+                                f"message, got {type(msg['reasoning_content']).__name__}")
         if role == "assistant" and m.get("tool_calls"):
             if content is not None and not isinstance(content, str):
                 raise InvalidRecord("bad_message", f"{where}: content must be a string or null")

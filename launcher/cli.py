@@ -22,6 +22,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("trajtune.launcher.cmd_train", "Train (SFT) on a built dataset: one process, deepspeed or torchrun."),
     "export": ("trajtune.launcher.cmd_export", "Export a checkpoint as a Hugging Face model (safetensors)."),
     "tiny-model": ("trajtune.launcher.cmd_tiny_model", "Write a small random model for a CPU quick start."),
+    "env": ("trajtune.launcher.cmd_env", "List an environment's tasks, or run tool calls on one and see the reward."),
+    "synth": ("trajtune.launcher.cmd_synth", "Synthesize trajectories: a policy acts on an environment's tasks."),
+    "filter": ("trajtune.launcher.cmd_filter", "Filter trajectories in stages (format, execution, reward, length, dedup)."),
     "slurm": ("trajtune.launcher.cmd_slurm", "Submit a trajtune command to Slurm from a template; show a run's jobs."),
 }
 

@@ -35,7 +35,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (the model's, or OUT/tokenizer of a build), "
                    "or a hub id in the Hugging Face cache")
     p.add_argument("--template", metavar="FILE.jinja", help="chat template; alone: a byte-level tokenizer for it")
-    p.add_argument("--prompt-format", help="tool prompt format, for templates that cannot show tools themselves")
+    from .cmd_render import add_render_options
+
+    add_render_options(p, default_prompt_format=None)  # --prompt-format, --template-kwargs, --call-syntax, ...
+    p.add_argument("--turns", choices=["auto", "joint", "per-turn"],
+                   help="per-turn: one sample per trained assistant turn, its context the generation prompt before it "
+                        "(templates that render history differently); joint: one per record; auto: joint where the "
+                        f"template is prefix-stable, else per-turn (default: {d.turns})")
     # Shape
     p.add_argument("--seq-len", type=int, help=f"tokens per pack (default: {d.seq_len})")
     p.add_argument("--overlong", choices=["drop", "truncate"],
@@ -60,8 +66,9 @@ def run(args: argparse.Namespace) -> int:
     from .config import load_config
 
     overrides = []
-    for key in ("data", "tokenizer", "template", "prompt_format", "seq_len", "overlong", "dedup", "decontam",
-                "decontam_n", "out", "val_fraction", "seed", "num_proc", "cache_dir"):
+    for key in ("data", "tokenizer", "template", "prompt_format", "template_kwargs", "call_syntax", "reasoning",
+                "call_content", "turns", "seq_len", "overlong", "dedup", "decontam", "decontam_n", "out", "val_fraction",
+                "seed", "num_proc", "cache_dir"):
         value = getattr(args, key)
         if value is not None:
             # JSON is valid YAML: lists and paths with odd characters survive the key=value round trip.
@@ -71,6 +78,12 @@ def run(args: argparse.Namespace) -> int:
     train = manifest["train"]
     print(f"build: {manifest['records_in']} records in, {manifest['kept']} kept, {manifest['dropped']} dropped "
           f"{manifest['dropped_by_reason'] or ''}, {manifest['truncated']} truncated")
+    turns = manifest["turns"]
+    if turns["per_turn_records"]:
+        print(f"  per-turn: {turns['per_turn_records']} records -> {turns['per_turn_samples']} samples, "
+              f"{turns['extra_context_tokens']} context tokens repeated"
+              + (f" (the template renders history differently: --turns auto chose {turns['template']})"
+                 if turns["template"] == "per-turn" else ""))
     for src in manifest["sources"]:
         print(f"  {src['spec']}: {src['sampled_records']} samples, {src['sampled_trained_tokens']} trained tokens, "
               f"mixture {src['effective_mixture']:.3f}, {src['effective_epochs']:.2f} epochs")

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from ..trainer.checkpoint import resolve_checkpoint
     from ..trainer.config import TrainConfig
     from ..trainer.engine import load_consolidated_state_dict
-    from ..trainer.export import export_hf, export_tokenizer
+    from ..trainer.export import data_recipe, export_hf, export_tokenizer
     from ..trainer.modeling import wrap_lora
     from .config import load_config, to_dict
 
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = export_tokenizer(cfg.data, base)
     # data_sha256: the data identity (older checkpoints name their manifest-file hash data_manifest_sha256)
     info = {"config": to_dict(cfg), "data_sha256": state.get("data_sha256", state.get("data_manifest_sha256")),
-            "steps": state.get("step"), "checkpoint": str(ckpt)}
+            "steps": state.get("step"), "checkpoint": str(ckpt), "recipe": data_recipe(cfg.data)}
     export_hf(model, state_dict, tokenizer, args.out, info, merge_lora=args.merge, dtype=args.dtype)
     kind = "merged model" if args.merge else ("LoRA adapter" if lora else "model")
     print(f"trajtune export: {kind} from {ckpt} (step {state.get('step')}) written to {args.out} ({args.dtype})")

@@ -1,12 +1,15 @@
 """`trajtune render`: show how a chat template renders trajectories and exactly which text is trained.
 
 `trajtune render --data FILE.jsonl (--tokenizer DIR | --template FILE.jinja) [--prompt-format F] [--index I]
-[--json]` prints each record's rendered text with the trained text highlighted (green on a terminal, inside
+[--json]` (and the render options shared with `trajtune build`: --template-kwargs, --call-syntax, --reasoning,
+--call-content) prints each record's rendered text with the trained text highlighted (green on a terminal, inside
 `[[...]]` when piped or under NO_COLOR), or with `--json` one line per record `{"id", "text", "trained_spans",
 "input_ids", "loss_mask"}`. A record the template cannot express makes the command exit 1 with the reason.
-`trajtune render --check-template T.jinja` runs the built-in battery (plain chat, single call, parallel calls,
-content + call in one turn, two tool rounds, loss=false) and prints a verdict per case: the way to vet a new
-model's template before a long run.
+`trajtune render --check-template T.jinja` says how trajtune renders a new template: joint or per-turn (prefix
+stability), the stop token per kind of message, the folds and conventions it needs, the prompt format auto picks,
+then a verdict per case of the built-in battery (plain chat, single call, parallel calls, content + call in one
+turn, two tool rounds, loss=false, reasoning), each decline with the option that would fix it: the way to vet a
+new model's template before a long run.
 """
 
 from __future__ import annotations
@@ -23,14 +26,40 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", help="a tokenizer directory or a hub id in the Hugging Face cache (its chat "
                    "template is used unless --template is given)")
     p.add_argument("--template", help="a chat template (.jinja); alone, a byte-level tokenizer is built for it")
-    p.add_argument("--prompt-format", dest="prompt_format", default=None,
-                   help="built-in tool prompt format for templates without tools: tool-prompt, react or chatglm3")
+    add_render_options(p)
     p.add_argument("--index", type=int, default=None, help="render only the record at this 0-based index")
     # Output
     p.add_argument("--json", action="store_true", help="one JSON line per record: id, text, trained_spans, "
                    "input_ids, loss_mask")
     p.add_argument("--check-template", dest="check_template", metavar="T",
                    help="run the built-in battery on template T (.jinja) and print a verdict per case")
+
+
+def add_render_options(p: argparse.ArgumentParser, default_prompt_format: str | None = "auto") -> None:
+    """The flags that say how a record becomes text (shared with `trajtune build`; data_builders/render/options.py)."""
+    from ..data_builders.render.options import CALL_CONTENT, REASONING
+
+    p.add_argument("--prompt-format", dest="prompt_format", default=default_prompt_format,
+                   help="tool prompt format: auto (the template's own tools where it has them, else tool-prompt), "
+                        "none, tool-prompt, react or chatglm3 (default: auto)")
+    p.add_argument("--template-kwargs", dest="template_kwargs", nargs="+", metavar="KEY=VALUE",
+                   help="variables passed to the chat template (chat_template_kwargs), e.g. enable_thinking=false")
+    p.add_argument("--call-syntax", dest="call_syntax", metavar="NAME",
+                   help="call syntax of a template that ignores tool_calls and whose syntax cannot be inferred "
+                        "(hermes, llama3, mistral, pythonic, ...)")
+    p.add_argument("--reasoning", choices=list(REASONING),
+                   help="reasoning_content on a template with no place for it: inline (<think>...</think> before "
+                        "the answer) or drop (default: decline such records)")
+    p.add_argument("--call-content", dest="call_content", choices=list(CALL_CONTENT),
+                   help="text next to a tool call on a template that shows only one of them: drop (default: decline)")
+
+
+def render_options(args: argparse.Namespace):
+    """The RenderOptions of the parsed flags."""
+    from ..data_builders.render.options import RenderOptions, parse_template_kwargs
+
+    return RenderOptions(parse_template_kwargs(args.template_kwargs), args.call_syntax, args.reasoning,
+                         args.call_content)
 
 
 def _named(tok, path: str | None):
@@ -60,8 +89,9 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from ..data_builders.errors import TrajtuneError
-    from ..data_builders.render import RenderError, render_with_mask
-    from ..data_builders.render_check import check_template
+    from ..data_builders.render import RenderError, check_template, render_with_mask
+    from ..data_builders.render.check import describe_template
+    from ..data_builders.render.prompt_formats import announce_prompt_format
     from ..data_builders.tokenizer import load_tokenizer
     from ..data_builders.trajectory import InvalidRecord, iter_lines, parse_line, validate_record
 
@@ -69,7 +99,10 @@ def run(args: argparse.Namespace) -> int:
     colour = console.color_system is not None and not console.no_color  # off when piped unless FORCE_COLOR
     if args.check_template:
         tok = _named(load_tokenizer(args.tokenizer, args.check_template), args.check_template)
-        rows = check_template(tok, args.prompt_format)
+        options = render_options(args)
+        rows = check_template(tok, args.prompt_format, options)
+        for line in describe_template(tok, rows, args.prompt_format, options):
+            console.print(line, markup=False)
         for name, verdict, detail in rows:
             color = "green" if verdict == "ok" else "yellow"
             console.print(f"[{color}]{verdict:8}[/{color}] [bold]{name}[/bold]: ", end="")
@@ -78,13 +111,16 @@ def run(args: argparse.Namespace) -> int:
     if not args.data:
         raise TrajtuneError("give --data FILE.jsonl (or --check-template T.jinja)")
     tok = _named(load_tokenizer(args.tokenizer, args.template), args.template or args.tokenizer)
+    options = render_options(args)
+    if note := announce_prompt_format(tok, args.prompt_format, options):
+        print(f"render: {note}", file=sys.stderr)
     failed, idx = 0, -1
     for idx, (line_no, raw) in enumerate(iter_lines(args.data)):
         if args.index is not None and idx != args.index:
             continue
         try:
             record = validate_record(parse_line(raw))
-            r = render_with_mask(record, tok, args.prompt_format)
+            r = render_with_mask(record, tok, args.prompt_format, options=options)
         except (InvalidRecord, RenderError) as e:
             print(f"{args.data}:{line_no}: cannot render: {e}", file=sys.stderr)
             failed += 1

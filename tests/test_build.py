@@ -216,7 +216,7 @@ def test_render_errors_are_dropped_under_the_renderers_reason(data, tmp_path):
     # Llama-2's template has no way to show tools: every agent record is dropped, counted, nothing else kept.
     src = write_jsonl(tmp_path / "two.jsonl", [json.loads(data["agent"].read_text().splitlines()[0]),
                                                 general_records(1, 5)[0]])
-    manifest = build(config(data, tmp_path / "out", data=[str(src)], tokenizer=None,
+    manifest = build(config(data, tmp_path / "out", data=[str(src)], tokenizer=None, prompt_format="none",
                             template=str(TEMPLATES / "llama-2-chat.jinja")))
     assert manifest["dropped_by_reason"] == {"template_cannot_express": 1} and manifest["kept"] == 1
 

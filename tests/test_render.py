@@ -10,17 +10,17 @@ import sys
 import pytest
 from conftest import SHARED, TEMPLATES
 
-from trajtune.data_builders import render
-from trajtune.data_builders.prompt_formats import apply_prompt_format
 from trajtune.data_builders.render import (
+    BATTERY,
     RenderError,
+    apply_prompt_format,
+    encode,
     profile_template,
     render_batch,
     render_text,
     render_with_mask,
     special_kwargs,
 )
-from trajtune.data_builders.render_check import BATTERY
 from trajtune.data_builders.tokenizer import byte_level_tokenizer, train_bpe_tokenizer
 from trajtune.data_builders.trajectory import validate_record
 
@@ -143,7 +143,7 @@ def _same(a, b) -> bool:
 
 def test_render_batch_equals_render_with_mask_record_by_record(corpus, monkeypatch):
     # A small chunk so the batch crosses encode_batch calls; records that raise sit between ones that render.
-    monkeypatch.setattr(render, "ENCODE_CHUNK", 7)
+    monkeypatch.setattr(encode, "ENCODE_CHUNK", 7)
     template = (TEMPLATES / "qwen2.5-instruct.jinja").read_text()
     texts = (m.get("content") or "" for r in corpus for m in r["messages"])
     bpe = train_bpe_tokenizer(texts, vocab_size=1024, template=template)
@@ -204,19 +204,19 @@ def test_masks_from_ids_alone_equal_masks_from_offsets(corpus, monkeypatch):
         rec["messages"][-1]["content"] = content
         multi.append(validate_record(rec))
     records = corpus + multi
-    monkeypatch.setattr(render, "ENCODE_CHUNK", 16)
+    monkeypatch.setattr(encode, "ENCODE_CHUNK", 16)
     for tok in (bpe, nfc, split, strip, as_text, _tok("qwen3"), _tok("glm-4-9b-chat"), _tok("phi-4-mini-instruct")):
-        byte_level = render._byte_level(tok.backend_tokenizer)
+        byte_level = encode._byte_level(tok.backend_tokenizer)
         assert byte_level is not None and (byte_level.added is None) == (tok in (strip, as_text))
         from_ids = render_batch(records, tok)
         assert (tok in (strip, as_text)) or byte_level.cache  # the tool list of every record, encoded once
         with monkeypatch.context() as m:
-            m.setattr(render, "_byte_level", lambda *a: None)
+            m.setattr(encode, "_byte_level", lambda *a: None)
             from_offsets = render_batch(records, tok)
         assert all(_same(a, b) for a, b in zip(from_ids, from_offsets))
         assert not any(isinstance(r, RenderError) for r in from_ids)
-    assert not render._mask_from_bytes(*_ids_of(nfc, "e\u0301"), [(0, 1)], "x")  # NFC would change it
-    assert not render._mask_from_bytes(*_ids_of(strip, "a <|im_end|>"), [(0, 1)], "x")  # 1 byte short
+    assert not encode._mask_from_bytes(*_ids_of(nfc, "e\u0301"), [(0, 1)], "x")  # NFC would change it
+    assert not encode._mask_from_bytes(*_ids_of(strip, "a <|im_end|>"), [(0, 1)], "x")  # 1 byte short
 
     # Straddling tokens: same error, same message, both ways.
     straddle = ("{% for m in messages %}{% if m.role == 'user' %}<|user|>{{ m.content }}{% else %}Bot{{ m.content }}"
@@ -225,7 +225,7 @@ def test_masks_from_ids_alone_equal_masks_from_offsets(corpus, monkeypatch):
     recs = [validate_record({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": c}]})
             for c in ("ty is here.", " is here.", "ty ü is here.", "ü")]
     from_ids = render_batch(recs, tok)
-    monkeypatch.setattr(render, "_byte_level", lambda *a: None)
+    monkeypatch.setattr(encode, "_byte_level", lambda *a: None)
     assert [getattr(r, "reason", "ok") for r in from_ids] == ["token_straddles_boundary", "ok"] * 2
     assert all(_same(a, b) for a, b in zip(from_ids, render_batch(recs, tok)))
 
@@ -239,27 +239,27 @@ def test_repeated_segments_are_encoded_once_and_joined_exactly(monkeypatch):
     segments = [" ".join(rng.choices(words, k=rng.randint(60, 200))) for _ in range(5)]
     tok = train_bpe_tokenizer(segments * 3, vocab_size=600, template=template)
     backend = tok.backend_tokenizer
-    shared = render._byte_level(backend)
-    byte_level = render._ByteLevel(shared.lengths, shared.nfc, shared.added)  # an empty cache of its own
+    shared = encode._byte_level(backend)
+    byte_level = encode._ByteLevel(shared.lengths, shared.nfc, shared.added)  # an empty cache of its own
     specials = ["<|im_start|>", "<|im_end|>", "<tools>", "</tools>", "\n"]
     texts = []
     for _ in range(120):
         parts = [rng.choice(segments) if rng.random() < 0.5 else " ".join(rng.choices(words, k=rng.randint(0, 90)))
                  for _ in range(rng.randint(1, 6))]
         texts.append("".join(p + rng.choice(specials) * rng.randint(0, 2) for p in parts))
-    monkeypatch.setattr(render, "REPEAT_CACHE_CHARS", 3000)  # trimmed now and then: the cache starts afresh
+    monkeypatch.setattr(encode, "REPEAT_CACHE_CHARS", 3000)  # trimmed now and then: the cache starts afresh
     for c in range(0, len(texts), 7):
         want = [e.ids for e in backend.encode_batch_fast(texts[c:c + 7], add_special_tokens=False)]
-        assert render._ids_of_texts(backend, byte_level, texts[c:c + 7]) == want
+        assert encode._ids_of_texts(backend, byte_level, texts[c:c + 7]) == want
     assert byte_level.cache and byte_level.seen
     backend.encode_special_tokens = True  # switched after the first use: measured again, and no cuts
-    assert render._byte_level(backend).added is None
+    assert encode._byte_level(backend).added is None
     backend.encode_special_tokens = False
-    assert render._byte_level(backend) is shared
+    assert encode._byte_level(backend) is shared
     from tokenizers import AddedToken
 
     backend.add_tokens([AddedToken("<extra>", normalized=True)])  # found in a second pass: no cuts then
-    assert render._byte_level(backend).added is None
+    assert encode._byte_level(backend).added is None
 
 
 def test_a_tokenizer_that_is_not_byte_level_is_masked_from_offsets(corpus):
@@ -274,10 +274,10 @@ def test_a_tokenizer_that_is_not_byte_level_is_masked_from_offsets(corpus):
     tk.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=800, special_tokens=specials, show_progress=False))
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>")
     tok.chat_template = template
-    assert render._byte_level(tk) is None
+    assert encode._byte_level(tk) is None
     suffixed = Tokenizer(models.BPE(end_of_word_suffix="</w>"))  # byte-level, but "</w>" is spelled in its tokens
     suffixed.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    assert render._byte_level(suffixed) is None
+    assert encode._byte_level(suffixed) is None
     r = render_with_mask(corpus[0], tok)
     assert len(r.trained_spans) > 2 and tok.decode([i for i, keep in zip(r.input_ids, r.loss_mask) if keep]).replace(" ", "") == \
         "".join(_trained(r)).replace(" ", "")
@@ -285,7 +285,7 @@ def test_a_tokenizer_that_is_not_byte_level_is_masked_from_offsets(corpus):
 
 def _ids_of(tok, text: str) -> tuple:
     be = tok.backend_tokenizer
-    return be.encode(text, add_special_tokens=False).ids, render._byte_level(be), text
+    return be.encode(text, add_special_tokens=False).ids, encode._byte_level(be), text
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -310,7 +310,7 @@ def test_template_that_drops_assistant_content_is_refused():
                 "{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
     with pytest.raises(RenderError) as e:
         render_with_mask(_case("plain_chat"), byte_level_tokenizer(template))
-    assert e.value.reason == "mask_mismatch" and "lacks 'Hello! How can I help?'" in str(e.value)
+    assert e.value.reason == "mask_mismatch" and "the template drops the text of such a message" in str(e.value)
 
 
 def test_nothing_trained_is_an_error_never_an_all_zero_mask():
@@ -418,7 +418,7 @@ def test_chatglm3_format_matches_chatglm3_tool_layout():
 def test_unknown_prompt_format_is_a_clear_error():
     from trajtune.data_builders.errors import TrajtuneError
 
-    with pytest.raises(TrajtuneError, match="choose one of tool-prompt, react, chatglm3"):
+    with pytest.raises(TrajtuneError, match="choose auto, none or one of tool-prompt, react, chatglm3"):
         render_with_mask(_case("single_call"), _tok("llama-2-chat"), "nope")
 
 
@@ -508,5 +508,5 @@ def test_reasoning_content_reaches_the_template_and_is_trained():
     r = render_with_mask(_chat("4", reasoning_content="add two and two"), _tok("qwen3"))
     assert _trained(r) == ["<think>\nadd two and two\n</think>\n\n4<|im_end|>"]
     # A template with no place for reasoning declines the record instead of dropping the thought.
-    with pytest.raises(RenderError, match="add two and two"):
+    with pytest.raises(RenderError, match="no place for reasoning; pass --reasoning inline"):
         render_with_mask(_chat("4", reasoning_content="add two and two"), _tok("qwen2.5-instruct"))

@@ -5,10 +5,11 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import TEMPLATES
 
-from trajtune.data_builders.render_check import BATTERY
+from trajtune.data_builders.render import BATTERY
 from trajtune.launcher.cli import main
 from trajtune.launcher.cmd_render import add_arguments
 
@@ -41,7 +42,7 @@ def test_index_renders_one_record_with_trained_text_shown(tmp_path, capsys):
 
 def test_record_the_template_cannot_express_exits_nonzero_with_the_reason(tmp_path, capsys):
     llama2 = str(TEMPLATES / "llama-2-chat.jinja")
-    assert main(["render", "--data", _data(tmp_path), "--template", llama2, "--json"]) == 1
+    assert main(["render", "--data", _data(tmp_path), "--template", llama2, "--prompt-format", "none", "--json"]) == 1
     captured = capsys.readouterr()
     assert "d.jsonl:1: cannot render: template_cannot_express: llama-2-chat.jinja" in captured.err
     assert "--prompt-format" in captured.err
@@ -49,13 +50,34 @@ def test_record_the_template_cannot_express_exits_nonzero_with_the_reason(tmp_pa
     assert main(["render", "--data", _data(tmp_path), "--template", llama2, "--prompt-format", "react", "--json"]) == 0
 
 
+def _verdicts(out: str) -> dict[str, str]:
+    return {line.split()[1].rstrip(":"): line.split()[0] for line in out.splitlines()
+            if line.startswith(("ok ", "declined "))}
+
+
 def test_check_template_prints_a_verdict_per_case(capsys):
     assert main(["render", "--check-template", str(TEMPLATES / "llama-3.1-instruct.jinja")]) == 1
-    out = capsys.readouterr().out.splitlines()
-    verdicts = {line.split()[1].rstrip(":"): line.split()[0] for line in out}
-    assert verdicts == {"plain_chat": "ok", "single_call": "ok", "parallel_calls": "ok", "content_and_call": "declined",
-                        "two_rounds": "ok", "loss_false": "ok"}
-    assert main(["render", "--check-template", QWEN]) == 0
+    out = capsys.readouterr().out
+    assert _verdicts(out) == {"plain_chat": "ok", "single_call": "ok", "parallel_calls": "ok",
+                              "content_and_call": "declined", "two_rounds": "ok", "loss_false": "ok",
+                              "reasoning": "declined"}
+    assert "pass --call-content drop" in out and "pass --reasoning inline" in out  # each decline names its fix
+    assert main(["render", "--check-template", QWEN, "--reasoning", "inline"]) == 0
+
+
+def test_check_template_reports_rendering_stops_and_folds(capsys):
+    """For a new template: joint or not (prefix stability), the stop token per kind of message, the folds."""
+    corpus = Path(__file__).resolve().parent / "templates"
+    main(["render", "--check-template", str(corpus / "gpt-oss-120b.jinja")])
+    out = capsys.readouterr().out
+    assert "rendering: joint" in out
+    assert ("stop tokens: a final answer (the last message): <|return|>; an answer followed by another turn: <|end|>; "
+            "a tool-call message followed by its results: <|call|>") in out
+    main(["render", "--check-template", str(corpus / "gemma-2-2b-it.jinja")])
+    out = capsys.readouterr().out
+    assert "folds: system text folded into the first user turn" in out and "prompt format: tool-prompt" in out
+    main(["render", "--check-template", str(corpus / "qwq-32b.jinja")])
+    assert "rendering: not prefix-stable on " in capsys.readouterr().out
 
 
 def test_missing_inputs_are_user_errors(tmp_path, capsys):
@@ -71,7 +93,21 @@ def test_cli_flags_are_frozen():
     p = argparse.ArgumentParser()
     add_arguments(p)
     assert sorted(a.dest for a in p._actions if a.dest != "help") == [
-        "check_template", "data", "index", "json", "prompt_format", "template", "tokenizer"]
+        "call_content", "call_syntax", "check_template", "data", "index", "json", "prompt_format", "reasoning",
+        "template", "template_kwargs", "tokenizer"]
+
+
+def test_prompt_format_auto_is_the_default_and_is_announced(tmp_path, capsys):
+    """Llama-2's template has no tools: by default the built-in tool-prompt format renders them, said on stderr;
+    Qwen2.5's has its own, and nothing is said."""
+    llama2 = str(TEMPLATES / "llama-2-chat.jinja")
+    assert main(["render", "--data", _data(tmp_path), "--template", llama2, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "--prompt-format auto renders tools and calls with the built-in 'tool-prompt' format" in captured.err
+    first = json.loads(captured.out.splitlines()[0])
+    assert '```json\n{"name": "get_weather", "parameters": {"city": "Beijing"}}\n```' in first["text"]
+    assert main(["render", "--data", _data(tmp_path), "--template", QWEN, "--json"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_tokenizer_dir_uses_its_own_chat_template(tmp_path, capsys):
@@ -115,3 +151,22 @@ def test_render_on_a_colour_terminal_highlights_without_brackets(tmp_path, capsy
     assert main(["render", "--data", _data(tmp_path), "--template", QWEN, "--index", "1"]) == 0
     out = capsys.readouterr().out
     assert "[[" not in out and "\x1b[" in out and "Why did the chicken cross?<|im_end|>" in out
+
+
+def test_build_takes_the_render_options_and_announces_auto(tmp_path, capsys):
+    """The same flags on `trajtune build`: a reasoning record on Llama-2 (no tools, no place for reasoning) is
+    declined naming --reasoning, and kept with it; the tool-prompt format auto picks is said on stderr."""
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({**BATTERY["single_call"], "messages": [
+        *BATTERY["single_call"]["messages"][:-1],
+        {"role": "assistant", "content": "26 °C.", "reasoning_content": "The tool said 26."}]}) + "\n")
+    base = ["build", "--data", str(data), "--template", str(TEMPLATES / "llama-2-chat.jinja"), "--seq-len", "2048",
+            "--cache-dir", str(tmp_path / "cache")]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 2  # nothing kept: the reasons are the error
+    err = capsys.readouterr().err
+    assert "no place for reasoning; pass --reasoning inline" in json.loads(
+        (tmp_path / "a.partial" / "dropped.jsonl").read_text())["detail"]
+    assert "--prompt-format auto renders tools and calls with the built-in 'tool-prompt' format" in err
+    assert main([*base, "--out", str(tmp_path / "b"), "--reasoning", "inline"]) == 0
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["kept"] == 1 and manifest["dropped"] == 0

@@ -11,8 +11,7 @@ import copy
 import pytest
 from conftest import TEMPLATES
 
-from trajtune.data_builders.render import RenderError, render_with_mask
-from trajtune.data_builders.render_check import BATTERY
+from trajtune.data_builders.render import BATTERY, RenderError, render_with_mask
 from trajtune.data_builders.tokenizer import byte_level_tokenizer
 from trajtune.data_builders.trajectory import validate_record
 
@@ -83,12 +82,12 @@ PINS = {
     ('llama-2-chat', 'tool-prompt', 'content_and_call'): [' Let me check.\n```json\n{"name": "get_weather", "parameters": {"city": "Beijing"}}\n``` </s>', ' It is 26 °C in Beijing. </s>'],
     ('llama-2-chat', 'tool-prompt', 'two_rounds'): [' ```json\n{"name": "get_weather", "parameters": {"city": "Beijing"}}\n``` </s>', ' ```json\n{"name": "get_weather", "parameters": {"city": "Paris"}}\n``` </s>', ' Yes: 26 °C against 18 °C. </s>'],
     ('llama-2-chat', 'tool-prompt', 'loss_false'): [' Why did the chicken cross? </s>'],
-    ('llama-2-chat', 'chatglm3', 'plain_chat'): ['\n Hello! How can I help?<|user|>', '\n Why did the chicken cross?<|user|>'],
-    ('llama-2-chat', 'chatglm3', 'single_call'): ['get_weather\n ```python\ntool_call(city="Beijing")\n```<|observation|>', '\n It is 26 °C in Beijing.<|user|>'],
-    ('llama-2-chat', 'chatglm3', 'parallel_calls'): ['get_weather\n ```python\ntool_call(city="Beijing")\n```<|observation|>', 'get_weather\n ```python\ntool_call(city="Paris")\n```<|observation|>', '\n Beijing 26 °C, Paris 18 °C.<|user|>'],
-    ('llama-2-chat', 'chatglm3', 'content_and_call'): ['\n Let me check.<|assistant|>get_weather\n ```python\ntool_call(city="Beijing")\n```<|observation|>', '\n It is 26 °C in Beijing.<|user|>'],
-    ('llama-2-chat', 'chatglm3', 'two_rounds'): ['get_weather\n ```python\ntool_call(city="Beijing")\n```<|observation|>', 'get_weather\n ```python\ntool_call(city="Paris")\n```<|observation|>', '\n Yes: 26 °C against 18 °C.<|user|>'],
-    ('llama-2-chat', 'chatglm3', 'loss_false'): ['\n Why did the chicken cross?<|user|>'],
+    ('llama-2-chat', 'chatglm3', 'plain_chat'): 'no_stop_token',  # <|user|> / <|observation|> are no tokens of Llama-2's vocabulary
+    ('llama-2-chat', 'chatglm3', 'single_call'): 'no_stop_token',  # <|user|> / <|observation|> are no tokens of Llama-2's vocabulary
+    ('llama-2-chat', 'chatglm3', 'parallel_calls'): 'no_stop_token',  # <|user|> / <|observation|> are no tokens of Llama-2's vocabulary
+    ('llama-2-chat', 'chatglm3', 'content_and_call'): 'no_stop_token',  # <|user|> / <|observation|> are no tokens of Llama-2's vocabulary
+    ('llama-2-chat', 'chatglm3', 'two_rounds'): 'no_stop_token',  # <|user|> / <|observation|> are no tokens of Llama-2's vocabulary
+    ('llama-2-chat', 'chatglm3', 'loss_false'): 'no_stop_token',  # <|user|> / <|observation|> are no tokens of Llama-2's vocabulary
     ('llama-3.1-instruct', None, 'plain_chat'): ['Hello! How can I help?<|eot_id|>', 'Why did the chicken cross?<|eot_id|>'],
     ('llama-3.1-instruct', None, 'single_call'): ['{"name": "get_weather", "parameters": {"city": "Beijing"}}<|eot_id|>', 'It is 26 °C in Beijing.<|eot_id|>'],
     ('llama-3.1-instruct', None, 'parallel_calls'): ['{"name": "get_weather", "parameters": {"city": "Beijing"}}<|eot_id|>', '{"name": "get_weather", "parameters": {"city": "Paris"}}<|eot_id|>', 'Beijing 26 °C, Paris 18 °C.<|eot_id|>'],

@@ -290,7 +290,7 @@ def test_ds_config_gets_batch_sizes_from_the_run_and_refuses_its_own(tmp_path):
     from conftest import ROOT
 
     from trajtune.launcher.config import build as build_config
-    from trajtune.trainer.engine import build_ds_config
+    from trajtune.trainer.ds_config import build_ds_config
 
     cfg = build_config(TrainConfig, {"model": "m", "data": "d", "micro_batch_size": 2, "global_batch_size": 64,
                                      "max_grad_norm": 0.5, "bf16": True})
@@ -313,7 +313,7 @@ def test_bf16_sums_micro_batch_gradients_in_fp32_unless_the_ds_config_says_other
     from conftest import ROOT
 
     from trajtune.launcher.config import build as build_config
-    from trajtune.trainer.engine import build_ds_config
+    from trajtune.trainer.ds_config import build_ds_config
 
     def ds_for(bf16: bool, path=ROOT / "ds_configs" / "zero3.json"):
         cfg = build_config(TrainConfig, {"model": "m", "data": "d", "global_batch_size": 8, "bf16": bf16})

@@ -3,7 +3,8 @@
 The two-rank loss curve (and gradient norms) must match the one-process curve to 1e-4 relative, and match the
 plain-PyTorch engine too; a run whose rank is killed with SIGKILL after a checkpoint resumes (resume=auto) and
 logs the same losses as the run that never stopped. Its console is clean (no known deprecation warnings, one
-progress bar); a checkpoint of 2 ranks is refused by 1 before any weight loads; `train` leaves no process group
+progress bar, nothing from rank 1); every rank writes logs/rank_K.log (appended to by a resumed run) and rank 0
+logs/timing.json; a checkpoint of 2 ranks is refused by 1 before any weight loads; `train` leaves no process group
 behind, on success or error. The first DeepSpeed run on a machine JIT-builds a small C++ op (~1-2 min); later
 runs reuse it.
 """
@@ -154,6 +155,37 @@ def test_kill_9_a_rank_then_resume_gives_the_same_losses(runs):
     assert sorted(resumed) == list(range(1, STEPS + 1))
     for step in range(1, STEPS + 1):
         assert resumed[step]["loss"] == pytest.approx(reference[step]["loss"], rel=1e-6), (step, stopped_at)
+    for rank in (0, 1):  # both starts of the run, in one file per rank
+        log = (out / "logs" / f"rank_{rank}.log").read_text()
+        assert log.count(f"rank {rank} of 2 on host {socket.gethostname()}") == 2, log
+        assert f"step {STEPS}/{STEPS}: loss" in log and log.count("finished at step") == 1
+
+
+def test_every_rank_logs_to_its_own_file_and_rank_0_times_a_step_and_a_save(runs):
+    root, _, _ = runs
+    logs = root / "two" / "logs"
+    assert sorted(p.name for p in logs.iterdir()) == ["rank_0.log", "rank_1.log", "timing.json"]
+    reference = metrics(root / "two")
+    texts = {}
+    for rank in (0, 1):
+        texts[rank] = log = (logs / f"rank_{rank}.log").read_text()
+        assert f"rank {rank} of 2 on host {socket.gethostname()}" in log
+        assert f"WORLD_SIZE=2 RANK={rank} LOCAL_RANK={rank}" in log
+        steps = [line.split("step ", 1)[1] for line in log.splitlines() if "trajtune.rank_log: step " in line]
+        assert [s.split("/")[0] for s in steps] == [str(n) for n in range(1, STEPS + 1)]
+        for n, line in enumerate(steps, start=1):  # every rank logs the global loss metrics.jsonl has
+            assert float(line.split("loss ")[1].split(",")[0]) == pytest.approx(reference[n]["loss"], rel=1e-5)
+        assert f"finished at step {STEPS}" in log
+    # Rank 0's console lines are in its file; rank-0-only lines (and the timings) are not in rank 1's.
+    assert "INFO trajtune.train: engine deepspeed: 2 rank(s) × micro 1 × accumulation 2" in texts[0]
+    assert "engine deepspeed" not in texts[1] and "measured" not in texts[1]
+    assert texts[0].count("measured: a training step takes") == texts[0].count("measured: a checkpoint save") == 1
+    timing = json.loads((logs / "timing.json").read_text())
+    assert set(timing) == {"world_size", "step_seconds", "checkpoint_seconds"} and timing["world_size"] == 2
+    assert timing["step_seconds"] > 0 and timing["checkpoint_seconds"] > 0
+    assert sorted(p.name for p in (root / "one" / "logs").iterdir()) == ["rank_0.log", "timing.json"]
+    err = (root / "two.stderr").read_text()
+    assert "[trajtune rank 0] engine deepspeed" in err and "[trajtune rank 1]" not in err  # rank 1: errors only
 
 
 def test_two_rank_console_has_no_known_warnings_and_one_progress_bar(runs):

@@ -184,3 +184,14 @@ def test_line_chunks_and_split_lines_give_the_lines_iter_lines_gives_at_any_chun
                 buf = data[start:end]
                 got += [(int(n), buf[s:e].rstrip(b"\r\n")) for n, s, e in zip(*split_lines(buf, first))]
             assert got == want, (trial, target)
+
+
+def test_reasoning_content_is_a_string_on_assistant_messages():
+    ok = validate_record({"messages": [{"role": "user", "content": "q"},
+                                       {"role": "assistant", "content": "a", "reasoning_content": "think"}]})
+    assert ok["messages"][1]["reasoning_content"] == "think"
+    for bad in ({"role": "assistant", "content": "a", "reasoning_content": ["think"]},
+                {"role": "user", "content": "q", "reasoning_content": "think"}):
+        with pytest.raises(InvalidRecord, match="reasoning_content must be a string on an assistant message") as e:
+            validate_record({"messages": [{"role": "user", "content": "q"}, bad]})
+        assert e.value.reason == "bad_message"

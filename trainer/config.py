@@ -47,6 +47,9 @@ class TrainConfig:
     bf16: bool = field(default=True, metadata={"help": "Train in bfloat16 (set false for fp32, e.g. on CPU)."})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "Recompute activations to save memory."})
     seed: int = field(default=0, metadata={"help": "Seed for weights of new layers, data order and dropout."})
+    timeout_minutes: float = field(
+        default=30.0, metadata={"help": "How long ranks wait for each other (rendezvous, any collective, a peer's "
+                                        "checkpoint write) before failing with an error naming the rank."})
     # Batch and schedule
     micro_batch_size: int = field(default=1, metadata={"help": "Packs per forward pass on one rank."})
     global_batch_size: int = field(default=64, metadata={"help": "Packs per optimizer step over all ranks "
@@ -94,6 +97,8 @@ class TrainConfig:
             raise TrajtuneError("set epochs > 0 or max_steps > 0")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise TrajtuneError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.timeout_minutes <= 0:
+            raise TrajtuneError(f"timeout_minutes must be > 0, got {self.timeout_minutes}")
         if self.lr <= 0:
             raise TrajtuneError(f"lr must be > 0, got {self.lr}")
         if len(self.adam_betas) != 2:
@@ -102,6 +107,14 @@ class TrainConfig:
             raise TrajtuneError(f"lora.r must be >= 0, got {self.lora.r}")
         if self.merge_lora and self.lora.r == 0:
             raise TrajtuneError("merge_lora=true needs a LoRA run (lora.r > 0); a full fine-tune exports full weights")
+
+    def resolve_engine(self, world_size: int, has_gpu: bool) -> str:
+        """engine=auto: DeepSpeed when launched on several ranks or on a GPU; the plain-PyTorch twin on one CPU."""
+        if self.engine != "auto":
+            if self.engine == "torch" and world_size > 1:
+                raise TrajtuneError(f"engine=torch runs one process, but WORLD_SIZE={world_size}; use engine=deepspeed")
+            return self.engine
+        return "deepspeed" if world_size > 1 or has_gpu else "torch"
 
     def accumulation_steps(self, world_size: int) -> int:
         """Micro-batches per rank per step; the global batch must be micro × accumulation × world exactly."""

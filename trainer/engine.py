@@ -11,14 +11,12 @@ default) divides by the accumulation steps, so its wrapper multiplies the loss b
 with `scale_wrt_gas=False`. The learning rate is set by the loop on every step (no scheduler object), so the
 schedule's state is the step number alone.
 
-The DeepSpeed config is built here from a `ds_configs/*.json` file plus the run config: batch sizes, optimizer,
-lr, clipping and precision come only from the run config, and a JSON that sets any of them (or "auto") is
-rejected, so the two can never disagree.
+The DeepSpeed config they get is built by trainer/ds_config.py (torch-free, so `trajtune train --dry-run` can
+print it at once).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 from pathlib import Path
@@ -28,67 +26,10 @@ import torch
 
 from ..data_builders.errors import TrajtuneError
 
-# Keys the run config owns; a ds_config JSON must not set them.
-_OWNED_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
-               "gradient_clipping", "optimizer", "scheduler", "bf16", "fp16")
-
 
 def dist_env() -> tuple[int, int, int]:
     """(rank, local_rank, world_size) from the launcher's environment (deepspeed / torchrun); (0, 0, 1) alone."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def _find_auto(node: Any, path: str = "") -> str | None:
-    if isinstance(node, dict):
-        for k, v in node.items():
-            found = _find_auto(v, f"{path}.{k}" if path else k)
-            if found:
-                return found
-    return path if node == "auto" else None
-
-
-def build_ds_config(path: str | Path, cfg: Any, accumulation: int, world_size: int) -> dict[str, Any]:
-    """The DeepSpeed config for a run: `path` (ZeRO settings only) + batch sizes, precision, clipping, optimizer."""
-    path = Path(path)
-    if not path.is_file() and not path.is_absolute():
-        # `ds_configs/zero3.json` (the default) also names the copy shipped in the trajtune package root.
-        shipped = Path(__file__).resolve().parent.parent / path
-        path = shipped if shipped.is_file() else path
-    if not path.is_file():
-        raise TrajtuneError(f"ds_config {path} does not exist (relative to the working directory or the trajtune "
-                            "package); use one of ds_configs/zero2.json, zero3.json, zero3_offload.json")
-    try:
-        ds = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise TrajtuneError(f"{path}: not valid JSON ({e})") from None
-    for key in _OWNED_KEYS:
-        if key in ds:
-            raise TrajtuneError(f"{path}: remove {key!r}; trajtune fills it from the run config (micro_batch_size, "
-                                "global_batch_size, lr, max_grad_norm, bf16) so the two cannot disagree")
-    auto = _find_auto(ds)
-    if auto:
-        raise TrajtuneError(f"{path}: {auto} is \"auto\"; give a value (trajtune fills batch sizes and lr itself)")
-    ds.update({
-        "train_batch_size": cfg.global_batch_size,
-        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
-        "gradient_accumulation_steps": accumulation,
-        "gradient_clipping": cfg.max_grad_norm,
-        "bf16": {"enabled": bool(cfg.bf16)},
-        "steps_per_print": 2**31 - 1,  # our own metrics log progress
-        "wall_clock_breakdown": False,
-    })
-    if cfg.bf16:
-        # DeepSpeed accumulates micro-step gradients in the model dtype by default (runtime/engine.py
-        # get_data_types); summing many bf16 micro-gradients loses their low bits, so ZeRO sums them in fp32.
-        ds.setdefault("data_types", {}).setdefault("grad_accum_dtype", "fp32")
-    zero = ds.setdefault("zero_optimization", {})
-    if (zero.get("offload_optimizer") or {}).get("device", "none") != "none":
-        # Offloaded optimizer states want DeepSpeed's CPU Adam; built by DeepSpeed from this section.
-        ds["optimizer"] = {"type": "AdamW", "params": {"lr": cfg.lr, "betas": list(cfg.adam_betas),
-                                                      "eps": cfg.adam_eps, "weight_decay": cfg.weight_decay}}
-    else:
-        ds["zero_allow_untested_optimizer"] = True  # our torch AdamW, same as the torch engine
-    return ds
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -253,14 +194,19 @@ class DeepSpeedEngineWrapper:
 _KNOWN_WARNINGS = r"`torch\.distributed\.(reduce_scatter_tensor|all_gather_into_tensor)` is deprecated"
 
 
-def init_distributed(use_deepspeed: bool) -> None:
-    """Start the process group for DeepSpeed (nccl on CUDA, gloo on CPU); a lone process gets a local rendezvous.
+def init_distributed(use_deepspeed: bool, timeout_minutes: float = 30.0) -> None:
+    """Start the process group for DeepSpeed (nccl on CUDA, gloo on CPU), `timeout_minutes` for its rendezvous and
+    every collective, and run one all-reduce over it; a lone process gets a local rendezvous. A rank that cannot
+    join (a peer never started, ranks that disagree on WORLD_SIZE or MASTER_ADDR/PORT, a blocked port) raises
+    TrajtuneError naming its rank, host and what it saw, after at most about `timeout_minutes`.
     Pair with `shutdown_distributed` (a process that exits with the group alive can abort in C++ teardown)."""
     if not use_deepspeed:
         return
+    import datetime
     import warnings
 
     import deepspeed
+    import torch.distributed as dist
 
     warnings.filterwarnings("ignore", message=_KNOWN_WARNINGS, category=FutureWarning, module=r"torch\.distributed")
 
@@ -271,7 +217,37 @@ def init_distributed(use_deepspeed: bool) -> None:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if torch.cuda.is_available():
         torch.cuda.set_device(dist_env()[1])
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo",
+                                   timeout=datetime.timedelta(minutes=timeout_minutes))
+        # A peer can join the store but not the group (it expects another world size): that shows here, at once,
+        # rather than as a hang in the model's first weight gather.
+        dist.all_reduce(torch.ones(1, device="cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError as e:  # DistStoreError / DistNetworkError (the store), gloo's or NCCL's collective error
+        raise TrajtuneError(rendezvous_failure(e, timeout_minutes)) from None
+
+
+# What a rank reads to find its peers (torch.distributed's env:// rendezvous).
+RENDEZVOUS_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK")
+
+
+def rendezvous_env() -> str:
+    """`MASTER_ADDR=... MASTER_PORT=... WORLD_SIZE=... RANK=... LOCAL_RANK=...` as this process sees them."""
+    return " ".join(f"{key}={os.environ.get(key, '(unset)')}" for key in RENDEZVOUS_ENV)
+
+
+def rendezvous_failure(error: BaseException, timeout_minutes: float) -> str:
+    """The message for a rank that could not join the process group: who, where, what it saw, what to check."""
+    detail = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
+    return (f"rank {os.environ.get('RANK', '?')} on host {socket.gethostname()} could not join the process group "
+            f"(timeout_minutes={timeout_minutes:g}): {type(error).__name__}: {detail}. This rank saw "
+            f"{rendezvous_env()}. Every rank must see the same MASTER_ADDR, MASTER_PORT and WORLD_SIZE and its own "
+            "RANK (each rank's logs/rank_K.log in output_dir records what it saw). Check that all WORLD_SIZE ranks "
+            "were started (hostfile slots, --nnodes × --nproc-per-node, srun --nodes; `trajtune train --dry-run "
+            "--nodes N --gpus-per-node G` prints the commands for a shape), that MASTER_ADDR is the first node and "
+            "reachable from every node, that MASTER_PORT is free there and open in the firewall, and on nodes with "
+            "several network interfaces set NCCL_SOCKET_IFNAME (GLOO_SOCKET_IFNAME for gloo) to the one they share; "
+            "raise timeout_minutes when some ranks start much later than others")
 
 
 def shutdown_distributed() -> None:

@@ -39,7 +39,8 @@ def resolve_dtype(dtype) -> torch.dtype:
 
 
 def export_tokenizer(data: str | Path, model: str | Path):
-    """The tokenizer an export ships: the built dataset's (`DATA/tokenizer/`, what training saw), else the base
+    """The tokenizer an export ships: the built dataset's (`DATA/tokenizer/`, what training saw), its chat template
+    the one of the build's rendering recipe (`export_chat_template`: a prompt format written in), else the base
     model's. Raises TrajtuneError when neither loads, since a model without its tokenizer is not usable."""
     from transformers import AutoTokenizer
 
@@ -47,9 +48,24 @@ def export_tokenizer(data: str | Path, model: str | Path):
 
     tok_dir = Path(data) / "tokenizer"
     try:
-        return AutoTokenizer.from_pretrained(str(tok_dir) if tok_dir.is_dir() else resolve_pretrained(model, "model"))
+        tok = AutoTokenizer.from_pretrained(str(tok_dir) if tok_dir.is_dir() else resolve_pretrained(model, "model"))
     except (OSError, ValueError) as e:
         raise TrajtuneError(f"no tokenizer in {tok_dir} nor in {model} ({e}); the export would not be usable") from e
+    recipe = data_recipe(data)
+    if recipe is not None and tok_dir.is_dir():  # the chat template renders tools and calls as training did
+        from ..data_builders.render.recipe import RenderRecipe, export_chat_template
+
+        tok.chat_template = export_chat_template(tok, RenderRecipe.from_dict(recipe, str(Path(data) / "manifest.json")))
+    return tok
+
+
+def data_recipe(data: str | Path) -> dict | None:
+    """The rendering recipe of the built dataset `data` (its manifest's "recipe"), None for a build without one."""
+    manifest = Path(data) / "manifest.json"
+    try:
+        return json.loads(manifest.read_text()).get("recipe") if manifest.is_file() else None
+    except (OSError, ValueError):
+        return None  # the trainer reports a broken manifest itself, before it gets here
 
 
 def _process_umask() -> int:
@@ -94,14 +110,15 @@ def _as_list(ids) -> list[int]:
 
 
 def stop_token_ids(model, tokenizer) -> list[int]:
-    """The ids generation stops at: the model's own eos (generation config, then config) and the chat template's
-    stop tokens (`template_stop_tokens`), each once, in that order. A base model fine-tuned on ChatML data
+    """The ids generation stops at: the model's own eos (generation config, then config), the chat template's
+    stop tokens (`template_stop_tokens`, every kind of message) and the tokenizer's eos, each once, in that order. A base model fine-tuned on ChatML data
     stops at `<|endoftext|>` by itself but ends every turn with `<|im_end|>`, so both must stop generation."""
     from ..data_builders.render import template_stop_tokens
 
     gen = getattr(model, "generation_config", None)
     ids = _as_list(getattr(gen, "eos_token_id", None)) + _as_list(model.config.eos_token_id)
-    for token in template_stop_tokens(tokenizer) if tokenizer is not None else []:
+    stops = [*template_stop_tokens(tokenizer).tokens(), tokenizer.eos_token] if tokenizer is not None else []
+    for token in filter(None, stops):
         encoded = tokenizer.encode(token, add_special_tokens=False)
         if len(encoded) == 1:  # a stop "token" the vocabulary splits cannot be an eos id
             ids.append(encoded[0])

@@ -9,7 +9,8 @@ stops all of them at the same step with a checkpoint (a second Ctrl-C aborts at 
 Before any weight is read: the dataset's tokenizer must fit the model, and a checkpoint to resume must come from
 the same data, batch, seed, world size and engine; a run whose last checkpoint is its final step is already
 trained, and running it again does nothing. The same loop drives DeepSpeed or the plain-PyTorch engine
-(trainer/engine.py).
+(trainer/engine.py). Every rank logs to output_dir/logs/rank_K.log, and rank 0 writes its measured step and
+checkpoint times to logs/timing.json (trainer/run_logs.py).
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ from .data import (
     step_micro_batches,
     validation_micro_batches,
 )
-from .engine import build_ds_config, dist_env, init_distributed, make_engine, shutdown_distributed
+from .ds_config import build_ds_config
+from .engine import dist_env, init_distributed, make_engine, rendezvous_env, shutdown_distributed
+from .run_logs import FILE_ONLY, RankLog, Timing
 
 log = logging.getLogger("trajtune.train")
 
@@ -71,15 +74,6 @@ def token_loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     # Only trained positions are upcast: fp32 logits of every position (4096 x 152k vocab) would be 2.5 GB, and
     # agent data trains a minority of its tokens.
     return torch.nn.functional.cross_entropy(logits[keep].float(), targets[keep], reduction="sum")
-
-
-def choose_engine(cfg: TrainConfig, world_size: int) -> str:
-    """engine=auto: DeepSpeed when launched on several ranks or on a GPU; the plain-PyTorch twin on one CPU."""
-    if cfg.engine != "auto":
-        if cfg.engine == "torch" and world_size > 1:
-            raise TrajtuneError(f"engine=torch runs one process, but WORLD_SIZE={world_size}; use engine=deepspeed")
-        return cfg.engine
-    return "deepspeed" if world_size > 1 or torch.cuda.is_available() else "torch"
 
 
 class StopRequest:
@@ -167,7 +161,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     # --- Setup: config checks, ranks, engine kind, batch arithmetic (all before anything slow) ---
     cfg.check()
     rank, _, world_size = dist_env()
-    engine_kind = choose_engine(cfg, world_size)
+    engine_kind = cfg.resolve_engine(world_size, torch.cuda.is_available())
     accumulation = cfg.accumulation_steps(world_size)
     train_ds, val_ds, manifest = open_built_dataset(cfg.data)
     data_sha = data_identity(cfg.data, manifest)
@@ -196,9 +190,10 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     tokenizer = export_tokenizer(cfg.data, cfg.model) if cfg.export else None  # fails now, not after the run
 
     # --- From here on a process group may be up: every way out of the try destroys it ---
-    init_distributed(engine_kind == "deepspeed")
+    rank_log = RankLog(output_dir, rank, world_size, rendezvous_env())  # logs/rank_K.log, every rank
     stop = metrics = None
     try:
+        init_distributed(engine_kind == "deepspeed", cfg.timeout_minutes)
         if rank == 0:
             log.info("engine %s: %d rank(s) × micro %d × accumulation %d = global batch %d packs; %d steps (%.2f "
                      "epochs of %d packs)", engine_kind, world_size, cfg.micro_batch_size, accumulation,
@@ -236,6 +231,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         seq_len = int(manifest.get("seq_len") or max(len(r["input_ids"]) for r in fetch(train_ds, [0])))
         throughput = Throughput(flops_per_token(engine.model.config, seq_len), peak_flops(engine.device), world_size)
         metrics = MetricsLogger(str(output_dir), cfg.report_to, is_main, total_steps, resume_step=start_step)
+        timing = Timing(output_dir, is_main, world_size)  # logs/timing.json: what a preemption signal must allow
         stop = StopRequest(is_main)
         announce_pid(rank)
         trainer_state = {**run_facts, "total_steps": total_steps}
@@ -268,6 +264,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             except torch.OutOfMemoryError:
                 raise TrajtuneError(OOM_HELP.format(step=step + 1)) from None
             step += 1
+            step_seconds = time.perf_counter() - t0
 
             # --- Bookkeeping: bad steps, metrics, validation, checkpoints ---
             if applied:
@@ -287,14 +284,21 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if step % cfg.log_steps == 0 or step == total_steps:
                 values = {"loss": loss, "lr": lr, "grad_norm": grad_norm, "bad_steps": bad_total,
                           "mem_gb": memory_gb(engine.device)}
-                values.update(throughput.rates(int(totals[1]), int(global_trained), time.perf_counter() - t0))
+                values.update(throughput.rates(int(totals[1]), int(global_trained), step_seconds))
                 metrics.log(step, values)
+                FILE_ONLY.info("step %d/%d: loss %.6g, lr %.3g, grad norm %.3g, %.3f s", step, total_steps, loss, lr,
+                               grad_norm, step_seconds)
             if val_ds is not None and cfg.eval_steps and step % cfg.eval_steps == 0 and step < total_steps:
                 val_loss = validation_loss(engine, val_ds, cfg.micro_batch_size)
                 metrics.log(step, {"val_loss": val_loss})
             stopping = bool(totals[2] > 0)
+            # The second step this process runs (the first warms up), or the only one.
+            if step - start_step >= 2 or step == total_steps or stopping:
+                timing.record("step_seconds", step_seconds, step)
             if step == total_steps or stopping or (cfg.save_steps and step % cfg.save_steps == 0):
+                t_save = time.perf_counter()
                 checkpoint.save(engine, output_dir, step, {**trainer_state, "bad_steps": bad_total}, cfg.keep_last)
+                timing.record("checkpoint_seconds", time.perf_counter() - t_save, step)
                 last_saved = step
             if stopping:
                 # A rank stopped by a peer's signal reports SIGTERM: what a launcher stopping the job would send.
@@ -304,6 +308,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     again = "run the same command again" if cfg.resume == "auto" else "run again with resume=auto"
                     log.warning("%s: stopped at step %d with a checkpoint (%s); %s to continue",
                                 signal.Signals(signum).name, step, saved, again)
+                else:  # in its rank log: every rank agreed on this step
+                    FILE_ONLY.info("%s: stopped at step %d with a checkpoint (%s)", signal.Signals(signum).name, step,
+                                   saved)
                 return {"step": step, "losses": losses, "bad_steps": bad_total, "stopped": True, "signal": signum,
                         "already_trained": False, "checkpoint": str(saved), "val_loss": val_loss}
 
@@ -312,11 +319,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             val_loss = validation_loss(engine, val_ds, cfg.micro_batch_size)
             metrics.log(step, {"val_loss": val_loss})
         if last_saved != step:
+            t_save = time.perf_counter()
             checkpoint.save(engine, output_dir, step, {**trainer_state, "bad_steps": bad_total}, cfg.keep_last)
+            timing.record("checkpoint_seconds", time.perf_counter() - t_save, step)
         if cfg.export:
             export(engine, cfg, tokenizer, output_dir / "final", {
                 "config": dataclasses.asdict(cfg), "steps": step, "data_sha256": data_sha,
-                "attention_backend": attn_backend})
+                "attention_backend": attn_backend, "recipe": manifest.get("recipe")})
+        FILE_ONLY.info("finished at step %d", step)
+    except BaseException as e:
+        rank_log.failure(e)
+        raise
     finally:
         forget_pid(rank)  # before the handlers go: a signal sent after that would kill the rank
         if stop is not None:
@@ -324,6 +337,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if metrics is not None:
             metrics.close()
         shutdown_distributed()
+        rank_log.close()
     return {"step": step, "losses": losses, "bad_steps": bad_total, "stopped": False, "signal": None,
             "already_trained": False, "checkpoint": str(checkpoint.latest_checkpoint(output_dir)), "val_loss": val_loss}
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import lru_cache
 from typing import Any
 
 from ..errors import TrajtuneError
@@ -68,20 +69,28 @@ def coerce(value: Any, schema: dict[str, Any]) -> Any:
     return value
 
 
+@lru_cache(maxsize=4)
+def load_catalog(path: str) -> dict[str, dict[str, Any]]:
+    """tool.jsonl: API name -> its Seal-Tools spec (parameters, required, responses, field)."""
+    specs: dict[str, dict[str, Any]] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                spec = json.loads(line)
+                specs[spec["api_name"]] = spec
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise TrajtuneError(f"{path}:{lineno}: not a Seal-Tools API definition ({e!r})") from None
+    return specs
+
+
 def prepare(ctx: FileContext) -> None:
     """Index the API definitions: tool.jsonl beside the input, else the --tools list."""
     path = ctx.path.parent / "tool.jsonl"
     tools: dict[str, Tool] = {}
     if path.is_file():
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    spec = json.loads(line)
-                    tools[spec["api_name"]] = seal_tool(spec)
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise TrajtuneError(f"{path}:{lineno}: not a Seal-Tools API definition ({e!r})") from None
+        tools = {name: seal_tool(spec) for name, spec in load_catalog(str(path)).items()}
     elif ctx.tools is not None:
         tools = {t["function"]["name"]: t for t in ctx.tools}
     else:

@@ -62,19 +62,26 @@ BATTERY: dict[str, dict] = {
     "loss_false": {"id": "loss_false", "messages": [
         _SYS, {"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hullo, wrong greeting.", "loss": False},
         {"role": "user", "content": "Tell me a joke."}, {"role": "assistant", "content": "Why did the chicken cross?"}]},
+    "reasoning": {"id": "reasoning", "messages": [
+        {"role": "user", "content": "What is 2 + 2?"},
+        {"role": "assistant", "content": "4.", "reasoning_content": "Two and two make four."},
+        {"role": "user", "content": "And 3 + 3?"},
+        {"role": "assistant", "content": "6.", "reasoning_content": "Three and three make six."}]},
 }
 
 
-def check_template(tokenizer, prompt_format: str | None = None) -> list[tuple[str, str, str]]:
+def check_template(tokenizer, prompt_format: str | None = None, options=None) -> list[tuple[str, str, str]]:
     """Render every BATTERY case; return (case, verdict, detail) with verdict "ok" (detail = the trained text,
-    spans joined by " | ") or "declined" (detail = the reason)."""
-    from .render import RenderError, render_with_mask
-    from .trajectory import validate_record
+    spans joined by " | ") or "declined" (detail = the reason, which names the option that would fix it)."""
+    from ..trajectory import validate_record
+    from .errors import RenderError
+    from .mask import render_with_mask
 
     rows = []
     for name, record in BATTERY.items():
         try:
-            r = render_with_mask(validate_record(copy.deepcopy(record)), tokenizer, prompt_format, exhaustive=True)
+            r = render_with_mask(validate_record(copy.deepcopy(record)), tokenizer, prompt_format, exhaustive=True,
+                                 options=options)
         except RenderError as e:
             rows.append((name, "declined", str(e)))
             continue
@@ -82,12 +89,57 @@ def check_template(tokenizer, prompt_format: str | None = None) -> list[tuple[st
     return rows
 
 
+def describe_template(tokenizer, rows: list[tuple[str, str, str]], prompt_format: str | None = "auto",
+                      options=None) -> list[str]:
+    """What `trajtune render --check-template` says about a template beside the verdicts (`rows`, check_template):
+    joint or per-turn (prefix stability on the battery), the stop token per kind of message, the folds and
+    conventions it needs (measured by the profile), and the prompt format auto picks. One line each."""
+    from .options import RenderOptions
+    from .profile import profile_template, special_kwargs
+    from .prompt_formats import resolve_prompt_format
+    from .stops import KINDS, template_stop_tokens
+
+    options = options or RenderOptions()
+    kwargs = dict(options.template_kwargs)
+    prof = profile_template(tokenizer.chat_template, tuple(sorted({**special_kwargs(tokenizer), **kwargs}.items())))
+    unstable = [name for name, verdict, detail in rows if verdict == "declined" and detail.startswith("not_prefix_stable")]
+    lines = [("rendering: joint (the generation prompt is a prefix of the conversation on every case)" if not unstable
+              else f"rendering: not prefix-stable on {', '.join(unstable)}: these need per-turn rendering")]
+    stops = template_stop_tokens(tokenizer)
+    lines.append("stop tokens: " + "; ".join(
+        f"{what}: {stops.of(kind) or 'none (declined)'}" + (" (appended: the template leaves the last turn open)"
+                                                             if kind in stops.open_last else "")
+        for kind, what in KINDS.items()))
+    folds = []
+    if prof.system_fold:
+        folds.append("system text folded into the first user turn (the template has no system role)")
+    if prof.content_parts:
+        folds.append(f"content as a list of parts for {', '.join(sorted(prof.content_parts))}")
+    if prof.strict_alternation:
+        folds.append("strict user/assistant alternation: tool results as user turns, same-role turns merged")
+    if prof.fill_tool_fields:
+        folds.append("missing tool descriptions given as \"\" (the template reads them unguarded)")
+    if prof.ids_name_calls:
+        folds.append("call ids written as functions.NAME:INDEX (the template writes the id where the name goes)")
+    folds += [f"needs --template-kwargs {v}=VALUE" for v in prof.missing_vars]
+    lines.append("folds: " + ("; ".join(folds) or "none"))
+    tools = {"kwarg": "the tools= variable", "functions": "the functions variable", "functions_message": "a functions "
+             "message", "system_list": "the system message (a list)", "system_string": "the system message (JSON)",
+             "none": "nowhere"}[prof.tools_where]
+    calls = ("written by the template" if prof.native_calls else f"as text in the {prof.text_syntax} syntax"
+             if prof.text_syntax else "ignored, syntax unknown (--call-syntax NAME)")
+    chosen = resolve_prompt_format(tokenizer, prompt_format, options)
+    lines.append(f"tools: {tools}; calls: {calls}; reasoning: {prof.reasoning_field or 'no place (--reasoning)'}; "
+                 f"prompt format: {chosen or 'none (the template alone)'}")
+    return lines
 
 
 def fast_path_ok(ctx) -> bool:
     """True if the one-render header path agrees with the prefix proof on every battery case (or defers)."""
-    from .render import RenderError, spans_by_header, spans_by_prefix, template_messages
-    from .trajectory import validate_record
+    from ..trajectory import validate_record
+    from .errors import RenderError
+    from .shape import template_messages
+    from .spans import spans_by_header, spans_by_prefix
 
     for record in list(BATTERY.values()) + list(_EXTRA.values()):
         try:

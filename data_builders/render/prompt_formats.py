@@ -19,8 +19,8 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import TrajtuneError
-from .trajectory import Message, Trajectory
+from ..errors import TrajtuneError
+from ..trajectory import Message, Trajectory
 
 FORMATS_DIR = Path(__file__).resolve().parent / "prompt_formats"
 PROMPT_FORMATS = {
@@ -30,23 +30,70 @@ PROMPT_FORMATS = {
 }
 
 
+AUTO = "auto"  # the default: the template's own tools where it has them, else tool-prompt
+
+
+def resolve_prompt_format(tokenizer, prompt_format: str | None, options=None) -> str | None:
+    """The prompt format to render with: None/"none" -> None (the template alone); "auto" -> None where the
+    template shows tools or calls itself (or --call-syntax names its syntax), else "tool-prompt"; a name -> it.
+    Example: with Llama-2's template (no tools), "auto" gives "tool-prompt"; with Qwen2.5's, None."""
+    if prompt_format in (None, "none"):
+        return None
+    if prompt_format != AUTO:
+        format_template(prompt_format)  # validates the name
+        return prompt_format
+    key = (tokenizer, getattr(tokenizer, "chat_template", None), options)
+    if _LAST_AUTO[0] is not None and all(a is b or a == b for a, b in zip(_LAST_AUTO[0], key)):
+        return _LAST_AUTO[1]  # the build asks once per record, with one tokenizer
+    _LAST_AUTO[:] = [key, _auto(tokenizer, options)]
+    return _LAST_AUTO[1]
+
+
+_LAST_AUTO: list = [None, None]  # ((tokenizer, template, options), answer)
+
+
+def _auto(tokenizer, options) -> str | None:
+    from .profile import profile_template, special_kwargs
+
+    template = getattr(tokenizer, "chat_template", None)
+    if not isinstance(template, str) or not template:
+        return None
+    kwargs = dict(options.template_kwargs) if options is not None else {}
+    prof = profile_template(template, tuple(sorted({**special_kwargs(tokenizer), **kwargs}.items())))
+    own = prof.tools_where != "none" or prof.native_calls or prof.text_syntax or (options and options.call_syntax)
+    return None if own else "tool-prompt"
+
+
+def announce_prompt_format(tokenizer, prompt_format: str | None, options=None) -> str | None:
+    """The line to print on stderr when "auto" picks a built-in prompt format (None when it keeps the template)."""
+    chosen = resolve_prompt_format(tokenizer, prompt_format, options)
+    if prompt_format != AUTO or chosen is None:
+        return None
+    name = getattr(tokenizer, "name_or_path", "") or "the chat template"
+    return (f"{name} has no tools of its own: --prompt-format auto renders tools and calls with the built-in "
+            f"{chosen!r} format ({PROMPT_FORMATS[chosen]}); pass --prompt-format none to keep the template alone")
+
+
 @lru_cache(maxsize=8)
 def format_template(name: str) -> str:
     """The text of prompt_formats/<name>.jinja."""
     if name not in PROMPT_FORMATS:
-        raise TrajtuneError(f"unknown prompt format {name!r}; choose one of {', '.join(PROMPT_FORMATS)}")
+        raise TrajtuneError(f"unknown prompt format {name!r}; choose auto, none or one of {', '.join(PROMPT_FORMATS)}")
     return (FORMATS_DIR / f"{name}.jinja").read_text()
 
 
 def _system_prompt(name: str, system: str, tools: list) -> str:
-    from .template_profile import compiled_template
+    from .profile import compiled_template
 
     return compiled_template(format_template(name)).render(system=system, tools=tools).strip()
 
 
 def _loss(src: Message, out: dict) -> dict:
-    if "loss" in src:
-        out["loss"] = src["loss"]
+    """`out` with what travels with its message: the loss flag, and the reasoning (placed or declined later, by
+    the template's own rules: a prompt format never drops it)."""
+    for key in ("loss", "reasoning_content"):
+        if key in src and (key == "loss" or out.get("role") == "assistant"):
+            out[key] = src[key]
     return out
 
 
@@ -54,7 +101,7 @@ def apply_prompt_format(record: Trajectory, name: str) -> tuple[Trajectory, str 
     """`record` rewritten for prompt format `name`, and the chat template that replaces the tokenizer's (or None).
 
     Example: `apply_prompt_format(rec, "react")[0]["messages"][0]["content"]` starts with the ReAct prompt."""
-    from .render import format_calls, interleave_results
+    from .shape import format_calls, interleave_results
 
     format_template(name)  # validates the name
     where = f"record {record.get('id', '?')} (prompt format {name})"

@@ -1,0 +1,128 @@
+"""The rendering recipe: everything that decides how a record becomes text, from build to serve.
+
+`trajtune build` writes it into manifest.json (`"recipe"`), `train` copies it into the export's trajtune.json,
+and the export's `chat_template` renders tools and calls the way training did (`export_chat_template`: with a
+prompt format, the format is written into the template), so `apply_chat_template`, vLLM and trajtune's own
+chat / serve / eval / `hf:` policy prompt the model as it was trained. The generation engine reads it back with
+`load_recipe(model_dir)`.
+
+Fields: the prompt format; the call syntax (None: the template writes `tool_calls` itself); joint or per-turn
+(as `--turns auto` decided for the template; records may still fall back one by one, see the manifest's
+`turns`); the stop tokens (`template_stop_tokens`); template kwargs; the folds, i.e. the reshapings the template
+needs that the profile measured (results as user turns merged for strict alternation, parallel calls split,
+tools on the system turn); and the sha256 of the template the records were rendered with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import TrajtuneError
+
+RECIPE_VERSION = 1
+# Prompt formats whose rewrite of the messages `export_chat_template` can write into a chat template.
+EXPORTABLE_FORMATS = ("tool-prompt", "react")
+
+
+@dataclass(frozen=True)
+class RenderRecipe:
+    prompt_format: str | None = None
+    call_syntax: str | None = None  # the syntax calls are written in as text; None: the template's own tool_calls
+    turns: str = "joint"  # "joint" | "per-turn": how records of this template are rendered
+    stop_tokens: list[str] = field(default_factory=list)
+    template_kwargs: dict[str, Any] = field(default_factory=dict)
+    folds: list[str] = field(default_factory=list)
+    template_sha256: str = ""  # of the chat template the records were rendered with
+    version: int = RECIPE_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> RenderRecipe:
+        """The recipe written by `to_dict`; TrajtuneError naming `where` for anything else."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(data, dict) or set(data) - names or data.get("version") != RECIPE_VERSION:
+            raise TrajtuneError(f"{where}: 'recipe' is not a trajtune rendering recipe of version {RECIPE_VERSION} "
+                                f"(keys {sorted(data) if isinstance(data, dict) else type(data).__name__}); rebuild "
+                                "the data with this trajtune, or export the model again")
+        return cls(**data)
+
+
+def build_recipe(tokenizer, prompt_format: str | None, turns: str, options=None) -> RenderRecipe:
+    """The recipe of a build with `tokenizer` (its chat template), `--prompt-format` (resolved: not "auto"),
+    `turns` ("joint" or "per-turn", auto already decided) and the render options (options.RenderOptions)."""
+    from .profile import profile_template, special_kwargs
+    from .prompt_formats import apply_prompt_format
+    from .stops import template_stop_tokens
+
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+    if prompt_format is not None:
+        override = apply_prompt_format({"messages": []}, prompt_format)[1]
+        template = override or template
+    profile = profile_template(template, tuple(sorted(special_kwargs(tokenizer).items()))) if template else None
+    folds = []
+    if profile is not None:
+        folds += ["tools_in_system"] * (profile.tools_where in ("system_list", "system_string"))
+        folds += ["tool_list_in_system"] * (profile.tools_where == "none" and profile.native_calls)
+        folds += ["one_call_per_turn"] * profile.one_call_per_turn
+        folds += ["strict_alternation"] * profile.strict_alternation
+        folds += [f"tool_role_{profile.tool_role}"] * (profile.tool_role != "tool")
+        folds += ["system_into_first_user"] * profile.system_fold
+    syntax = profile.text_syntax if profile is not None and not profile.native_calls else None
+    if options is not None and options.call_syntax:
+        syntax = options.call_syntax
+    kwargs = dict(options.template_kwargs) if options is not None else {}
+    return RenderRecipe(prompt_format=prompt_format, call_syntax=syntax, turns=turns,
+                        stop_tokens=template_stop_tokens(tokenizer).tokens(), template_kwargs=kwargs, folds=folds,
+                        template_sha256=hashlib.sha256(template.encode()).hexdigest())
+
+
+def export_chat_template(tokenizer, recipe: RenderRecipe) -> str:
+    """The chat template an export ships: the tokenizer's own, or, when the records were rewritten by a prompt
+    format or a system fold, that rewrite (prompt_formats/export_prelude.jinja) followed by the tokenizer's
+    template, so that `apply_chat_template(messages, tools=tools)` gives the text training saw. chatglm3 replaces
+    the whole template and reads messages already rewritten (`metadata`, `observation` turns): the export ships
+    that template."""
+    from .profile import profile_template, special_kwargs
+    from .prompt_formats import FORMATS_DIR, format_template
+
+    base = tokenizer.chat_template
+    if recipe.prompt_format is not None and recipe.prompt_format not in EXPORTABLE_FORMATS:
+        return format_template(recipe.prompt_format)
+    profile = profile_template(base, tuple(sorted(special_kwargs(tokenizer).items())))
+    if recipe.prompt_format is None and not profile.system_fold:
+        return base
+    fmt = json.dumps(recipe.prompt_format) if recipe.prompt_format else "none"
+    merge = recipe.prompt_format is not None and profile.strict_alternation  # (tool results exist only without one)
+    settings = (f"{{%- set tt_format = {fmt} %}}{{%- set tt_merge = {str(merge).lower()} %}}"
+                f"{{%- set tt_fold = {str(profile.system_fold).lower()} %}}"
+                f"{{%- set tt_no_tools = {'[]' if profile.needs_tool_list else 'none'} %}}\n")
+    system_prompt = "{%- macro tt_system_prompt(system, tools) %}" + format_template(recipe.prompt_format) + \
+        "{%- endmacro %}\n" if recipe.prompt_format else ""
+    return system_prompt + settings + (FORMATS_DIR / "export_prelude.jinja").read_text() + base
+
+
+def load_recipe(model_dir: str | Path) -> RenderRecipe | None:
+    """The rendering recipe a model was trained with: from an export's trajtune.json, or a built dataset's
+    manifest.json. None when the directory has neither (a model trajtune did not train: render it with its own
+    chat template as is); TrajtuneError when the file is there but unreadable or holds no valid recipe.
+    Example: `load_recipe("runs/agent/final").prompt_format` -> "tool-prompt"."""
+    d = Path(model_dir)
+    for name in ("trajtune.json", "manifest.json"):
+        path = d / name
+        if path.is_file():
+            try:
+                info = json.loads(path.read_text())
+            except (OSError, ValueError) as e:
+                raise TrajtuneError(f"{path}: not readable JSON ({e})") from None
+            if not isinstance(info, dict) or info.get("recipe") is None:
+                raise TrajtuneError(f"{path} has no rendering recipe ('recipe'); it was written by an older trajtune: "
+                                    "rebuild the data (trajtune build) and train or export again")
+            return RenderRecipe.from_dict(info["recipe"], str(path))
+    return None

@@ -1,0 +1,132 @@
+"""One rendering recipe from build to serve (issue 12): the build writes it into manifest.json, `train` copies it
+into the export's trajtune.json, and the exported chat template renders tools and calls as training did, so a
+plain `apply_chat_template` on the export gives the text the model was trained on, a prompt format included.
+
+One real pipeline through the CLI: convert the public fixtures, build with Llama-2's template (no tools) and
+`--prompt-format tool-prompt`, make a tiny model, train 1 step, export; then compare texts record by record.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+from conftest import FIXTURES, ROOT, TEMPLATES
+from transformers import AutoTokenizer
+
+from trajtune.data_builders.errors import TrajtuneError
+from trajtune.data_builders.render import render_with_mask
+from trajtune.data_builders.render.recipe import RenderRecipe, build_recipe, export_chat_template, load_recipe
+from trajtune.data_builders.tokenizer import load_tokenizer
+from trajtune.data_builders.trajectory import validate_record
+from trajtune.launcher.cli import main
+
+LLAMA2 = TEMPLATES / "llama-2-chat.jinja"
+
+
+def inference_messages(record: dict) -> list[dict]:
+    """The record's messages as a client sends them (OpenAI format): no trajtune `loss` flags."""
+    return [{k: v for k, v in m.items() if k != "loss"} for m in record["messages"]]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    d = tmp_path_factory.mktemp("recipe")
+    inputs = sorted(str(p) for p in (FIXTURES / "datasets").glob("*.json*"))
+    assert main(["convert", *inputs, "--from", "auto", "--out", str(d / "agent.jsonl"),
+                 "--quarantine", str(d / "quarantine.jsonl")]) == 0
+    assert main(["build", "--data", str(d / "agent.jsonl"), "--template", str(LLAMA2), "--prompt-format", "tool-prompt",
+                 "--seq-len", "8192", "--out", str(d / "built"), "--cache-dir", str(d / "cache")]) == 0
+    assert main(["tiny-model", "--tokenizer", str(d / "built" / "tokenizer"), "--out", str(d / "tiny"), "--hidden", "16",
+                 "--layers", "1", "--heads", "2", "--max-positions", "8192"]) == 0
+    assert main(["train", f"model={d / 'tiny'}", f"data={d / 'built'}", f"output_dir={d / 'run'}", "engine=torch",
+                 "bf16=false", "micro_batch_size=1", "global_batch_size=1", "max_steps=1", "save_steps=0",
+                 "report_to=none", "attn=sdpa"]) == 0
+    records = [validate_record(json.loads(line)) for line in (d / "agent.jsonl").read_text().splitlines()]
+    return {"dir": d, "records": records, "final": d / "run" / "final"}
+
+
+def test_manifest_and_export_carry_the_recipe(pipeline):
+    manifest = json.loads((pipeline["dir"] / "built" / "manifest.json").read_text())
+    recipe = manifest["recipe"]
+    assert recipe["prompt_format"] == "tool-prompt" and recipe["turns"] == "joint" and recipe["version"] == 1
+    assert "</s>" in recipe["stop_tokens"] and "strict_alternation" in recipe["folds"]
+    info = json.loads((pipeline["final"] / "trajtune.json").read_text())
+    assert info["recipe"] == recipe
+    assert load_recipe(pipeline["final"]) == RenderRecipe.from_dict(recipe, "manifest") == load_recipe(pipeline["dir"] / "built")
+
+
+def test_exported_chat_template_renders_what_training_rendered(pipeline):
+    exported = AutoTokenizer.from_pretrained(pipeline["final"])
+    built = load_tokenizer(None, LLAMA2)
+    checked = 0
+    for record in pipeline["records"]:
+        try:
+            want = render_with_mask(copy.deepcopy(record), built, "tool-prompt").text
+        except TrajtuneError:
+            continue
+        got = exported.apply_chat_template(inference_messages(record), tools=record.get("tools") or None, tokenize=False)
+        assert got == want, record["id"]
+        checked += 1
+    assert checked >= 20 and any(r.get("tools") for r in pipeline["records"])
+
+
+@pytest.mark.parametrize("template", ["qwen2.5-instruct.jinja", "mistral-7b-instruct-v0.3.jinja", "llama-2-chat.jinja"])
+@pytest.mark.parametrize("fmt", ["tool-prompt", "react"])
+def test_combined_template_equals_the_build_on_parallel_calls_and_rounds(template, fmt):
+    # Parallel calls answered out of order (react splits them into call/result pairs), a call-only turn
+    # (content None, which apply_chat_template drops), a second round, a system prompt with unicode.
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather now.", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "description": "City"}}, "required": ["city"]}}},
+        {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object",
+                                                                             "properties": {"tz": {"type": "string"}}}}}]
+    call = lambda i, name, args: {"id": i, "type": "function", "function": {"name": name, "arguments": args}}  # noqa: E731
+    record = validate_record({"id": "r", "tools": tools, "messages": [
+        {"role": "system", "content": "Be brief, ünïcode."}, {"role": "user", "content": "Beijing and Paris?"},
+        {"role": "assistant", "content": "Checking.", "tool_calls": [call("a", "get_weather", {"city": "Beijing"}),
+                                                                     call("b", "get_weather", {"city": "Paris"})]},
+        {"role": "tool", "tool_call_id": "b", "content": '{"t": 18}'}, {"role": "tool", "tool_call_id": "a", "content": "26"},
+        {"role": "assistant", "content": "26 and 18."}, {"role": "user", "content": "Time in Tokyo?"},
+        {"role": "assistant", "content": None, "tool_calls": [call("c", "get_time", {"tz": "Asia/Tokyo"})]},
+        {"role": "tool", "tool_call_id": "c", "content": "10:00"}, {"role": "assistant", "content": "10:00."}]})
+    tok = load_tokenizer(None, TEMPLATES / template)
+    want = render_with_mask(copy.deepcopy(record), tok, fmt).text
+    exported = load_tokenizer(None, TEMPLATES / template)
+    exported.chat_template = export_chat_template(tok, build_recipe(tok, fmt, "joint"))
+    assert exported.apply_chat_template(inference_messages(record), tools=tools, tokenize=False) == want
+    # At inference the prompt is the conversation so far plus the generation prompt: the same text the
+    # template gives the build's records, up to the turn the model writes next.
+    prompt = exported.apply_chat_template(inference_messages(record)[:-1], tools=tools, tokenize=False,
+                                          add_generation_prompt=True)
+    assert want.startswith(prompt) and "10:00." not in prompt
+
+
+def test_a_model_directory_without_a_recipe(tmp_path):
+    assert load_recipe(tmp_path) is None  # not trained by trajtune: its own chat template, as is
+    (tmp_path / "trajtune.json").write_text(json.dumps({"steps": 3}))
+    with pytest.raises(TrajtuneError, match="no rendering recipe"):
+        load_recipe(tmp_path)
+    (tmp_path / "trajtune.json").write_text(json.dumps({"recipe": {"version": 99}}))
+    with pytest.raises(TrajtuneError, match="version 1"):
+        load_recipe(tmp_path)
+
+
+@pytest.mark.parametrize("path", [TEMPLATES / "mistral-7b-instruct-v0.3.jinja",
+                                  ROOT / "tests" / "templates" / "gemma-2-2b-it.jinja"])
+def test_a_system_fold_is_written_into_the_exported_template(path):
+    # Gemma 2 rejects a system message, Mistral v0.3 drops it unless the conversation ends on a user turn: the
+    # build folds it into the first user turn, and so must the exported template, or the served model never
+    # sees the system prompt it was trained with.
+    record = validate_record({"id": "s", "messages": [
+        {"role": "system", "content": "SYSX1 be careful."}, {"role": "user", "content": "USRX1 hi"},
+        {"role": "assistant", "content": "ASTX1 hello"}, {"role": "user", "content": "USRX2 joke?"},
+        {"role": "assistant", "content": "ASTX2 no."}]})
+    tok = load_tokenizer(None, path)
+    want = render_with_mask(copy.deepcopy(record), tok).text
+    recipe = build_recipe(tok, None, "joint")
+    assert "system_into_first_user" in recipe.folds
+    exported = load_tokenizer(None, path)
+    exported.chat_template = export_chat_template(tok, recipe)
+    assert exported.apply_chat_template(inference_messages(record), tokenize=False) == want
+    assert "SYSX1" in want

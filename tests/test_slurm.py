@@ -138,7 +138,10 @@ def test_preemptible_signals_requeues_and_takes_the_cluster_knobs(tmp_path, no_s
     assert srun == ["srun", "--container-image=img.sqsh", "--container-mounts=/data", "--nodes=2",
                     "--ntasks-per-node=1", "--cpus-per-task=1", "--kill-on-bad-exit=1", "apptainer", "exec", "--nv",
                     "img.sif", "torchrun", "--nnodes=2", "--nproc-per-node=2", "--rdzv-backend=c10d",
-                    "--rdzv-endpoint=n1:21234", "--rdzv-id=1234", *CLI, *TRAIN, f"output_dir={run_dir}"]
+                    "--rdzv-endpoint=n1:20340", "--rdzv-id=1234-0", *CLI, *TRAIN, f"output_dir={run_dir}"]
+    # A requeued start rendezvouses afresh: another port and id than the start before it.
+    (srun,) = dry_run(script, bin_dir=no_slurm_bin, SLURM_JOB_NODELIST="n[1-2]", SLURM_RESTART_COUNT="1")
+    assert "--rdzv-endpoint=n1:20341" in srun and "--rdzv-id=1234-1" in srun
     events = (run_dir / "slurm" / "events.log").read_text()
     assert "job 1234 start 0: start on n[1-2]: 2 node(s) x 2 rank(s), torchrun" in events
 
@@ -151,11 +154,11 @@ def test_preemptible_warns_when_the_signal_lead_is_shorter_than_a_step_and_a_che
                                                               "checkpoint_seconds": 45.0}))
     dry_run(script, bin_dir=no_slurm_bin)
     events = (run_dir / "slurm" / "events.log").read_text()
-    assert "warning: a step + a checkpoint take 65 s" in events and "submit with --signal-lead 160" in events
+    assert "warning: a step + a checkpoint take 65.4 s" in events and "submit with --signal-lead 162" in events
     (run_dir / "logs" / "timing.json").write_text(json.dumps({"step_seconds": 2.0, "checkpoint_seconds": 5.0}))
     dry_run(script, bin_dir=no_slurm_bin)
     events = (run_dir / "slurm" / "events.log").read_text()
-    assert "a step + a checkpoint take 7 s, within the 60 s signal lead" in events
+    assert "a step + a checkpoint take 7.0 s, within the 60 s signal lead" in events
 
 
 def test_array_runs_one_command_per_index(tmp_path, no_slurm_bin):

@@ -174,7 +174,7 @@ def test_preempted_twice_the_job_requeues_resumes_and_ends_with_the_same_weights
     events = (out / "slurm" / "events.log").read_text()
     for line in (f"job {job} start 0: SIGUSR1 (preemption notice)",
                  f"job {job} start 0: preempted, checkpoint written: requeueing (requeue 1 of at most 5)",
-                 f"job {job} start 1: requeued start 1 on", f"job {job} start 1: stopped by SIGTERM",
+                 f"job {job} start 1: requeued start 1 on", f"job {job} start 1: stopped by SIGTERM;",
                  f"job {job} start 2: requeued start 2 on", f"job {job} start 2: finished (exit 0)"):
         assert line in events, events
     assert_same_losses(out, root / "direct")

@@ -182,6 +182,34 @@ def test_a_template_by_hand_runs_its_arguments(tmp_path, no_slurm_bin):
     assert (tmp_path / "slurm-1234" / "slurm" / "events.log").is_file()  # RUN_DIR defaults beside the submit
 
 
+# --- the trainer's side: pid files the preemptible script signals ---
+
+def test_each_rank_announces_its_pid_for_the_batch_script_and_removes_it_on_exit(tmp_path, monkeypatch):
+    import signal
+
+    from test_train import config, make_run_inputs, wrap_loss
+
+    from trajtune.trainer import loop
+
+    data, model = make_run_inputs(tmp_path / "inputs", n_packs=8)
+    pid_dir = tmp_path / "pids"
+    monkeypatch.setenv("TRAJTUNE_PID_DIR", str(pid_dir))
+    monkeypatch.setenv("SLURMD_NODENAME", "n7")
+    seen = []
+
+    def signal_as_the_script_does(n, loss):
+        if n == 3:  # during step 2: read the rank's pid file and send SIGUSR1 to that pid, as signal_ranks does
+            node, pid = (pid_dir / "rank_0.pid").read_text().split()
+            seen.append(node)
+            os.kill(int(pid), signal.SIGUSR1)
+        return loss
+
+    wrap_loss(monkeypatch, signal_as_the_script_does)
+    result = loop.train(config(data, model, tmp_path / "run"))
+    assert seen == ["n7"] and result["stopped"] and result["signal"] == signal.SIGUSR1 and result["step"] == 2
+    assert list(pid_dir.iterdir()) == []  # gone before the handlers are: a late signal finds no pid to kill
+
+
 # --- submit's checks, before anything is queued ---
 
 @pytest.mark.parametrize("options, command, message", [

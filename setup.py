@@ -27,7 +27,7 @@ setup(
     packages=["trajtune"] + [f"trajtune.{p}" for p in SUBPACKAGES]
     + [f"trajtune.{p}.{sub}" for p in SUBPACKAGES for sub in find_packages(p)],
     package_dir={"trajtune": "."} | {f"trajtune.{p}": p for p in SUBPACKAGES},
-    package_data={"trajtune": ["ds_configs/*.json"], "trajtune.data_builders.render": ["prompt_formats/*.jinja"]},
+    package_data={"trajtune": ["ds_configs/*.json", "slurm/*.sbatch"], "trajtune.data_builders.render": ["prompt_formats/*.jinja"]},
     cmdclass={"build_py": BuildPy},
     install_requires=[
         "torch>=2.4",

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "env": ("trajtune.launcher.cmd_env", "List an environment's tasks, or run tool calls on one and see the reward."),
     "synth": ("trajtune.launcher.cmd_synth", "Synthesize trajectories: a policy acts on an environment's tasks."),
     "filter": ("trajtune.launcher.cmd_filter", "Filter trajectories in stages (format, execution, reward, length, dedup)."),
+    "slurm": ("trajtune.launcher.cmd_slurm", "Submit a trajtune command to Slurm from a template; show a run's jobs."),
 }
 
 

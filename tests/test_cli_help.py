@@ -41,13 +41,21 @@ SURFACE = {
     "filter": {"--data": None, "--out": None, "--rejects": None, "--min-reward": 1.0, "--tokenizer": None,
                "--template": None, "--prompt-format": None, "--seq-len": None, "--dedup": "exact", "--decontam": [],
                "--decontam-n": 13},
+    "slurm": {"action": None},
+    "slurm submit": {"--template": None, "--nodes": 1, "--gpus-per-node": None, "--array": None, "--launcher": None,
+                     "--signal-lead": None, "--max-requeues": None, "--partition": None, "--account": None,
+                     "--time": None, "--run-dir": None, "--dry-run": False, "job_command": None},
+    "slurm status": {"run_dir": None, "--lines": 3},
 }
 
 
 def subcommand_parser(name: str) -> argparse.ArgumentParser:
-    parser, _ = make_parser([name])
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return sub.choices[name]
+    """The parser of `name`, or of a nested action such as "slurm submit"."""
+    parser, _ = make_parser(name.split()[:1])
+    for part in name.split():
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        parser = sub.choices[part]
+    return parser
 
 
 def shown_help(parser: argparse.ArgumentParser) -> dict[str, str]:
@@ -65,7 +73,7 @@ def test_version_prints_the_package_version(capsys):
     assert re.search(r'version="([^"]+)"', (ROOT / "setup.py").read_text()).group(1) == trajtune.__version__
 
 
-@pytest.mark.parametrize("name", COMMANDS)
+@pytest.mark.parametrize("name", [*COMMANDS, "slurm submit", "slurm status"])
 def test_every_option_is_frozen_and_shows_its_default(name):
     parser = subcommand_parser(name)
     actions = [a for a in parser._actions if a.dest != "help"]

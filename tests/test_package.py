@@ -42,6 +42,7 @@ def test_built_wheel_imports_every_subpackage(tmp_path: Path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "trajtune/__init__.py" in names and "trajtune/launcher/cli.py" in names
     assert "trajtune/setup.py" not in names, "setup.py must not ship inside the package"
+    assert "trajtune/slurm/preemptible.sbatch" in names  # the templates `trajtune slurm submit` renders
     assert "trajtune/ds_configs/zero3.json" in names and "trajtune/data_builders/render/prompt_formats/react.jinja" in names
     assert not any(n.startswith("trajtune/tests/") for n in names)
     target = tmp_path / "site"

@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -103,6 +104,31 @@ class StopRequest:
     def restore(self) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+
+def pid_file(rank: int) -> Path | None:
+    """TRAJTUNE_PID_DIR/rank_{rank}.pid when the Slurm templates set TRAJTUNE_PID_DIR, else None."""
+    pid_dir = os.environ.get("TRAJTUNE_PID_DIR")
+    return Path(pid_dir) / f"rank_{rank}.pid" if pid_dir else None
+
+
+def announce_pid(rank: int) -> None:
+    """Write `pid_file(rank)` = `NODE PID` once this rank's signal handlers are up (removed by `forget_pid`): a batch
+    script signals the ranks themselves, since launchers forward only SIGINT/SIGTERM (and DeepSpeed's kills its
+    ranks 30 s later). NODE is the Slurm node name, where there is one: several slurmd may share a host."""
+    path = pid_file(rank)
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{os.environ.get('SLURMD_NODENAME') or socket.gethostname()} {os.getpid()}\n")
+    os.replace(tmp, path)  # a reader never sees half a line
+
+
+def forget_pid(rank: int) -> None:
+    path = pid_file(rank)
+    if path is not None:
+        path.unlink(missing_ok=True)
 
 
 @torch.no_grad()
@@ -207,6 +233,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         metrics = MetricsLogger(str(output_dir), cfg.report_to, is_main, total_steps, resume_step=start_step)
         timing = Timing(output_dir, is_main, world_size)  # logs/timing.json: what a preemption signal must allow
         stop = StopRequest(is_main)
+        announce_pid(rank)
         trainer_state = {**run_facts, "total_steps": total_steps}
         losses: dict[int, float] = {}
         bad_in_a_row = 0
@@ -304,6 +331,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         rank_log.failure(e)
         raise
     finally:
+        forget_pid(rank)  # before the handlers go: a signal sent after that would kill the rank
         if stop is not None:
             stop.restore()
         if metrics is not None:

@@ -169,9 +169,7 @@ class ApisEnv(Environment):
         fn = call.get("function") if isinstance(call, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
             self._attempted += 1
-            nameless: ToolCall = {"id": str(call.get("id", "")) if isinstance(call, dict) else "", "type": "function",
-                                  "function": {"name": "", "arguments": {}}}
-            return tool_error(nameless, "bad_call", f"a tool call needs a function name, got {str(call)[:200]}")
+            return tool_error(call, "bad_call", f"a tool call needs a function name, got {str(call)[:200]}")
         if self.done:
             return tool_error(call, "episode_over", "the conversation is over")
         self._attempted += 1

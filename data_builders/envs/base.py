@@ -29,7 +29,7 @@ import abc
 import json
 from typing import Any, ClassVar, Literal, TypedDict
 
-from ..trajectory import Message, Tool, ToolCall
+from ..trajectory import InvalidRecord, Message, Tool, ToolCall, check_arguments
 
 Split = Literal["held_in", "held_out"]
 SPLITS: tuple[str, ...] = ("held_in", "held_out")
@@ -50,8 +50,33 @@ def tool_error(call: ToolCall, kind: str, message: str) -> Message:
 
 
 def tool_message(call: ToolCall, content: str) -> Message:
-    """The canonical tool message answering `call` (its id and name) with `content`."""
-    return {"role": "tool", "tool_call_id": call.get("id", ""), "name": call["function"]["name"], "content": content}
+    """The canonical tool message answering `call` (its id and name) with `content`. A malformed call (not an
+    object, no function name) is answered too, with an empty id or name: the agent sees why it failed."""
+    call_dict: Any = call if isinstance(call, dict) else {}
+    fn = call_dict.get("function")
+    name = fn.get("name") if isinstance(fn, dict) and isinstance(fn.get("name"), str) else ""
+    return {"role": "tool", "tool_call_id": str(call_dict.get("id", "")), "name": name, "content": content}
+
+
+def call_arguments(call: ToolCall, name: str, params: dict[str, Any] | None = None
+                   ) -> tuple[dict[str, Any], Message | None]:
+    """(the arguments of `call` to tool `name` as an object, None), a JSON string parsed and checked against the
+    tool's JSON Schema `params` when given; or ({}, the `bad_arguments` error observation answering the call, for
+    `step` to return) when they are not JSON, not an object, or fail the schema."""
+    args = call["function"].get("arguments", {})
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except json.JSONDecodeError as e:
+            return {}, tool_error(call, "bad_arguments", f"arguments of {name} are not JSON: {e.msg} at char {e.pos}")
+    if not isinstance(args, dict):
+        return {}, tool_error(call, "bad_arguments", f"arguments of {name} must be an object")
+    if params is not None:
+        try:
+            check_arguments(args, params, f"arguments of {name}")
+        except InvalidRecord as e:
+            return {}, tool_error(call, "bad_arguments", e.detail)
+    return args, None
 
 
 class Environment(abc.ABC):

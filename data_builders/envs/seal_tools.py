@@ -33,7 +33,7 @@ from typing import Any
 from ..converters.seal_tools import coerce, load_catalog, seal_tool
 from ..errors import TrajtuneError
 from ..trajectory import InvalidRecord, Message, Tool, ToolCall, check_arguments
-from .base import Environment, Task, Unsolvable, tool_error, tool_message
+from .base import Environment, Task, Unsolvable, call_arguments, tool_error, tool_message
 
 CATALOG = "tool.jsonl"
 NOT_DATA = {CATALOG, "field.jsonl"}
@@ -270,19 +270,15 @@ class SealToolsEnv(Environment):
 
     def step(self, call: ToolCall) -> Message:
         fn = call.get("function") or {}
-        name, args = fn.get("name"), fn.get("arguments", {})
+        name = fn.get("name")
         if name not in self.offered:
             return tool_error(call, "unknown_tool", f"no tool named {name!r} (available: {', '.join(self.offered)})")
-        if isinstance(args, str):
-            try:
-                args = json.loads(args) if args.strip() else {}
-            except json.JSONDecodeError as e:
-                return tool_error(call, "bad_arguments", f"arguments of {name} are not JSON: {e.msg} at char {e.pos}")
         params = self.offered[name]["function"]["parameters"]
-        if not isinstance(args, dict):
-            return tool_error(call, "bad_arguments", f"arguments of {name} must be an object")
+        args, error = call_arguments(call, name)
+        if error is not None:
+            return error
         unexpected = sorted(set(args) - set(params["properties"]))
-        if unexpected:
+        if unexpected:  # named before the schema's own errors: Seal-Tools' schemas do not forbid extra keys
             return tool_error(call, "bad_arguments", f"arguments of {name}: unexpected {', '.join(unexpected)} "
                               f"(parameters: {', '.join(params['properties']) or 'none'})")
         try:

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import TrajtuneError
 from ..trajectory import Message, Tool, ToolCall
-from .base import Environment, Task, Unsolvable, tool_error, tool_message
+from .base import Environment, Task, Unsolvable, call_arguments, tool_error, tool_message
 from .sandbox import Limits, Sandbox, SandboxUnavailable
 from .shell_tasks import FAMILIES, Case, make_case
 
@@ -165,16 +165,13 @@ class ShellEnv(Environment):
         return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": task["instruction"]}]
 
     def step(self, call: ToolCall) -> Message:
-        fn = call.get("function") or {}
-        name, args = fn.get("name"), fn.get("arguments", {})
+        name = (call.get("function") or {}).get("name")
         if name != "bash":
             return tool_error(call, "unknown_tool", f"no tool named {name!r} (available: bash)")
-        if isinstance(args, str):
-            try:
-                args = json.loads(args) if args.strip() else {}
-            except json.JSONDecodeError as e:
-                return tool_error(call, "bad_arguments", f"arguments of bash are not JSON: {e.msg} at char {e.pos}")
-        if not isinstance(args, dict) or not isinstance(args.get("command"), str) or set(args) != {"command"}:
+        args, error = call_arguments(call, "bash")
+        if error is not None:
+            return error
+        if not isinstance(args.get("command"), str) or set(args) != {"command"}:
             return tool_error(call, "bad_arguments", 'bash takes exactly {"command": "<a command line>"}')
         if self.sandbox is None or self.workdir is None:
             return tool_error(call, "no_episode", "call reset(task) before step")

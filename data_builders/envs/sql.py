@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TrajtuneError
-from ..trajectory import InvalidRecord, Message, Tool, ToolCall, check_arguments, iter_lines, parse_line
-from .base import SPLITS, Environment, Task, Unsolvable, tool_error, tool_message
+from ..trajectory import InvalidRecord, Message, Tool, ToolCall, iter_lines, parse_line
+from .base import SPLITS, Environment, Task, Unsolvable, call_arguments, tool_error, tool_message
 from .sql_db import TRUNCATED, answers_from_rows, answers_match, open_database, run_query, table_state_md5
 from .sql_gen import SCHEMA_HINT, generate_sql_tasks
 
@@ -171,25 +171,15 @@ class SqlEnv(Environment):
     def step(self, call: ToolCall) -> Message:
         fn = call.get("function") if isinstance(call, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-            nameless: ToolCall = {"id": str(call.get("id", "")) if isinstance(call, dict) else "", "type": "function",
-                                  "function": {"name": "", "arguments": {}}}
-            return tool_error(nameless, "bad_call", f"a tool call needs a function name, got {str(call)[:200]}")
-        name, args = fn["name"], fn.get("arguments", {})
+            return tool_error(call, "bad_call", f"a tool call needs a function name, got {str(call)[:200]}")
+        name = fn["name"]
         if self.done or self._con is None:
             return tool_error(call, "episode_over", "the answer is committed; the episode is over")
         if name not in _PARAMS:
             return tool_error(call, "unknown_tool", f"no tool named {name!r} (available: {', '.join(_PARAMS)})")
-        if isinstance(args, str):
-            try:
-                args = json.loads(args) if args.strip() else {}
-            except json.JSONDecodeError as e:
-                return tool_error(call, "bad_arguments", f"arguments of {name} are not JSON: {e.msg}")
-        try:
-            if not isinstance(args, dict):
-                raise InvalidRecord("args_not_object", f"arguments of {name} must be an object")
-            check_arguments(args, _PARAMS[name], f"arguments of {name}")
-        except InvalidRecord as e:
-            return tool_error(call, "bad_arguments", e.detail)
+        args, error = call_arguments(call, name, _PARAMS[name])
+        if error is not None:
+            return error
         if name == "commit_final_answer":
             self._answers, self.done = list(args["answers"]), True
             return tool_message(call, json.dumps({"committed": self._answers}, ensure_ascii=False))

@@ -43,7 +43,7 @@ from typing import Any, Literal
 import numpy as np
 import xxhash
 
-from . import arrow_io, filters, mix, pack
+from . import arrow_io, build_out, filters, mix, pack
 from .errors import TrajtuneError
 from .progress import add_done, record_progress
 from .samples import SampleIndex, record_row, truncation_point  # noqa: F401  (truncation_point: part of this API)
@@ -283,7 +283,7 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
     build_key = _hash(FORMAT_VERSION, settings, [file_fingerprint(s.path) for s in specs],
                       [file_fingerprint(f) for f in cfg.decontam], tok_hash, code)
     out = Path(cfg.out)
-    previous = _previous_build(out)
+    previous = build_out.previous_build(out)
     if previous is not None and previous.get("build_key") == build_key and (out / "train").is_dir():
         log(f"build: {out} is up to date (same inputs, config, tokenizer and code)")
         return previous
@@ -428,44 +428,9 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
         "train": train_stats, "validation": val_stats,
     }
     (stage / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    _replace_dir(stage, out)
+    build_out.replace_dir(stage, out)
     log(f"build: wrote {out}")
     return manifest
-
-
-def _previous_build(out: Path) -> dict[str, Any] | None:
-    """The manifest of the trajtune build in OUT, None if OUT is absent or empty; TrajtuneError if OUT is something
-    else, which a build would destroy."""
-    if not out.exists():
-        return None
-    if not out.is_dir():
-        raise TrajtuneError(f"--out {out} is a file; give a directory for the built dataset")
-    manifest = out / "manifest.json"
-    if manifest.is_file():
-        try:
-            previous = json.loads(manifest.read_text())
-        except (OSError, ValueError):
-            previous = None
-        if isinstance(previous, dict) and "build_key" in previous and "format_version" in previous:
-            return previous
-    if next(out.iterdir(), None) is None:
-        return None
-    raise TrajtuneError(f"--out {out} exists and is not a trajtune build directory (it has no manifest.json written "
-                        "by `trajtune build`); the build would replace everything in it. Give a new directory, or "
-                        "remove this one first")
-
-
-def _replace_dir(new: Path, old: Path) -> None:
-    """Move the finished build `new` to `old`, replacing what is there: two renames, never a half-written OUT."""
-    if old.exists():
-        trash = old.with_name(old.name + ".old")
-        shutil.rmtree(trash, ignore_errors=True)
-        old.rename(trash)
-        new.rename(old)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        old.parent.mkdir(parents=True, exist_ok=True)
-        new.rename(old)
 
 
 def _nothing_to_train(cfg: BuildConfig, records_in: int, dropped: Counter, listing: Path) -> str:

@@ -18,3 +18,16 @@ TEMPLATES = FIXTURES / "templates"
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
     return FIXTURES
+
+
+def run_oracle(env, task) -> list[dict]:
+    """The messages of one episode of `task` acted by the environment's own oracle, the loop of envs/base.py."""
+    messages = env.reset(task)
+    while not env.done:
+        reply = env.oracle_act(messages)
+        messages.append(reply)
+        for call in reply.get("tool_calls") or []:
+            messages.append(env.step(call))
+        if not reply.get("tool_calls"):
+            env.respond(reply)
+    return messages

@@ -9,6 +9,7 @@ import json
 import shutil
 
 import pytest
+from conftest import run_oracle
 
 from trajtune.data_builders.envs import Unsolvable, make_env
 from trajtune.data_builders.envs.seal_tools import match_calls, simulate
@@ -28,18 +29,6 @@ def env(fixtures_dir):
 
 def call(name: str, arguments: dict, i: int = 0) -> dict:
     return {"id": f"t{i}", "type": "function", "function": {"name": name, "arguments": arguments}}
-
-
-def run_oracle(env, task) -> list[dict]:
-    messages = env.reset(task)
-    while not env.done:
-        reply = env.oracle_act(messages)
-        messages.append(reply)
-        for c in reply.get("tool_calls") or []:
-            messages.append(env.step(c))
-        if not reply.get("tool_calls"):
-            env.respond(reply)
-    return messages
 
 
 def task_by_id(env, task_id: str) -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import run_oracle
 
 from trajtune.data_builders.envs import make_env
 from trajtune.data_builders.envs.sandbox import check
@@ -23,18 +24,6 @@ def env():
     env = make_env("shell", per_family=3)
     yield env
     env.close()
-
-
-def run_oracle(env, task) -> list[dict]:
-    messages = env.reset(task)
-    while not env.done:
-        reply = env.oracle_act(messages)
-        messages.append(reply)
-        for call in reply.get("tool_calls") or []:
-            messages.append(env.step(call))
-        if not reply.get("tool_calls"):
-            env.respond(reply)
-    return messages
 
 
 def bash(env, command: str) -> str:

@@ -2,7 +2,7 @@
 overhead per bash call against a plain subprocess; `hf:` episodes/s batched against one by one.
 
 Runs whatever exists: each built-in environment that loads (sql, shell, apis, seal_tools) and any `--env
-MODULE:CLASS`; a missing one (or a missing agents wing, or no batched hf rollout) is a line saying so. Times are
+MODULE:CLASS`; a missing one is a line saying so. Times are
 wall clock of the whole `synthesize` call (worker start-up included), best of --repeat.
 
     python bench/synth.py [--n 200] [--env synth_toy_env:ToyEnv] [--tasks sql=../shared/fixtures/agentbench_db/dev.jsonl]
@@ -76,11 +76,8 @@ def sandbox_overhead(calls: int) -> None:
 
 def hf_batched(episodes: int, work: Path) -> None:
     """Episodes/s of a tiny random hf: model on the apis env: one rollout at a time against agents.rollout_batch."""
-    try:
-        from trajtune.data_builders import agents
-    except ImportError as e:
-        print(f"hf: skipped (no agents wing: {e})")
-        return
+    from trajtune.data_builders import agents
+
     env_name = "apis"
     env, why = load_env(env_name, None)
     if env is None:
@@ -131,11 +128,7 @@ def main() -> None:
                 print(f"{name:<28}skipped ({why})")
                 continue
             env.close()
-            try:
-                one, two = (synth_rate(name, tasks_files.get(name), a.n, w, work, a.repeat) for w in (1, 2))
-            except ImportError as e:
-                print(f"{name:<28}skipped (no agents wing: {e})")
-                continue
+            one, two = (synth_rate(name, tasks_files.get(name), a.n, w, work, a.repeat) for w in (1, 2))
             r1, r2 = one["tasks"] / one["seconds"], two["tasks"] / two["seconds"]
             print(f"{name:<28}{one['tasks']:>7}{one['solved']:>8}{one['rejected']:>10}{r1:>12.1f}{r2:>13.1f}"
                   f"{r2 / r1:>9.2f}x")

@@ -30,7 +30,7 @@ from typing import IO, Any
 
 import xxhash
 
-from .envs import Environment, Task, Unsolvable, make_env
+from .envs import Environment, Task, make_env
 from .errors import TrajtuneError
 from .trajectory import Message, dumps
 
@@ -232,14 +232,12 @@ class _Worker:
                 task = paraphrase(self.paraphraser, task)
             seed = task_seed(self.cfg.seed, task["id"])
             record = self.rollout(self.env, self.policy, task, seed, max_turns=self.cfg.max_turns)
-        except Unsolvable as e:
-            return "unsolvable", self._rejection(task, "unsolvable", unsolvable_reason(e), str(e))
         except Exception as e:  # an env or policy bug, an endpoint down: listed, and retried by a resume
             return "error", self._rejection(task, "error", type(e).__name__, str(e))
         meta = record.setdefault("meta", {})
         if meta.get("end") == "unsolvable":  # the rollout ends an episode the oracle cannot solve, and says why
-            e = Unsolvable(meta.get("unsolvable") or "unsolvable")
-            return "unsolvable", self._rejection(task, "unsolvable", unsolvable_reason(e), str(e))
+            why = meta.get("unsolvable") or "unsolvable"
+            return "unsolvable", self._rejection(task, "unsolvable", unsolvable_reason(why), why)
         meta.setdefault("env", self.env.name)
         meta.setdefault("task_id", task["id"])
         meta.setdefault("split", task.get("split"))
@@ -261,10 +259,10 @@ def endpoint_options(cfg: SynthConfig, spec: str) -> dict[str, Any]:
     return {k: v for k, v in (("served_model", cfg.served_model), ("api_key_env", cfg.api_key_env)) if v}
 
 
-def unsolvable_reason(e: Unsolvable) -> str:
-    """The summary's key for an Unsolvable: its `reason` attribute, else the message up to its first colon."""
-    reason = getattr(e, "reason", None) or str(e).split(":", 1)[0]
-    return reason.strip()[:80] or "unsolvable"
+def unsolvable_reason(message: str) -> str:
+    """The summary's key for an oracle's Unsolvable (the rollout's `meta.unsolvable`): its message up to the first
+    colon, e.g. "the reference query fails in SQLite"."""
+    return message.split(":", 1)[0].strip()[:80] or "unsolvable"
 
 
 def paraphrase(policy: Any, task: Task) -> Task:

@@ -7,9 +7,7 @@ from __future__ import annotations
 import http.server
 import json
 import re
-import sys
 import threading
-import types
 from pathlib import Path
 
 import pytest
@@ -20,47 +18,6 @@ from trajtune.data_builders.trajectory import read_trajectories
 from trajtune.launcher.cli import main
 
 ENV = "synth_toy_env:ToyEnv"
-
-# ---------------------------------------------------------------------------------------------------------
-# Until the agents wing (rollout, make_policy) is merged, a minimal stand-in of its interface, here only.
-try:
-    from trajtune.data_builders.agents import make_policy, rollout  # noqa: F401
-
-    STAND_IN = False
-except ImportError:
-    STAND_IN = True
-
-    class _Oracle:
-        name = "oracle"
-
-        def __init__(self, env):
-            self.env = env
-
-        def act(self, messages, tools):
-            return self.env.oracle_act(messages)
-
-    def _make_policy(spec, env=None, **options):
-        assert spec == "oracle", spec
-        return _Oracle(env)
-
-    def _rollout(env, policy, task, seed=0, max_turns=20):
-        messages = env.reset(task, seed)
-        for _ in range(max_turns):
-            reply = policy.act(messages, env.tools())
-            messages.append(reply)
-            messages.extend(env.step(call) for call in reply.get("tool_calls") or [])
-            if not reply.get("tool_calls"):
-                follow_up = env.respond(reply)
-                if follow_up is None:
-                    break
-                messages.append(follow_up)
-        return {"id": task["id"], "source": f"synth/{env.name}", "tools": env.tools(), "messages": messages,
-                "meta": {**task.get("meta", {}), "env": env.name, "task_id": task["id"], "split": task["split"],
-                         "policy": policy.name, "reward": env.reward()}}
-
-    _agents = types.ModuleType("trajtune.data_builders.agents")
-    _agents.make_policy, _agents.rollout = _make_policy, _rollout
-    sys.modules[_agents.__name__] = _agents
 
 
 def synth(out: Path, *args: str) -> int:
@@ -204,7 +161,6 @@ def test_paraphrase_rewrites_the_instruction_and_keeps_the_original() -> None:
     assert kept["instruction"] == "Add 3 and 4." and kept["meta"]["paraphrased"] is False
 
 
-@pytest.mark.skipif(STAND_IN, reason="needs the agents wing's openai: policy (not merged yet)")
 def test_paraphrase_through_an_openai_compatible_server(tmp_path: Path) -> None:
     class Handler(http.server.BaseHTTPRequestHandler):
         def _send(self, obj):

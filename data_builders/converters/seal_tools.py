@@ -11,13 +11,12 @@ else that breaks the schema is left alone and fails validation.
 
 from __future__ import annotations
 
-import json
 import re
 from functools import lru_cache
 from typing import Any
 
 from ..errors import TrajtuneError
-from ..trajectory import InvalidRecord, Tool, Trajectory
+from ..trajectory import InvalidRecord, Tool, Trajectory, iter_lines, parse_line
 from .common import (
     FileContext,
     finish,
@@ -73,15 +72,12 @@ def coerce(value: Any, schema: dict[str, Any]) -> Any:
 def load_catalog(path: str) -> dict[str, dict[str, Any]]:
     """tool.jsonl: API name -> its Seal-Tools spec (parameters, required, responses, field)."""
     specs: dict[str, dict[str, Any]] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                spec = json.loads(line)
-                specs[spec["api_name"]] = spec
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise TrajtuneError(f"{path}:{lineno}: not a Seal-Tools API definition ({e!r})") from None
+    for lineno, raw in iter_lines(path):
+        try:
+            spec = parse_line(raw)
+            specs[spec["api_name"]] = spec
+        except (InvalidRecord, KeyError, TypeError) as e:
+            raise TrajtuneError(f"{path}:{lineno}: not a Seal-Tools API definition ({e!r})") from None
     return specs
 
 

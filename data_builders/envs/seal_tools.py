@@ -32,7 +32,7 @@ from typing import Any
 
 from ..converters.seal_tools import coerce, load_catalog, seal_tool
 from ..errors import TrajtuneError
-from ..trajectory import InvalidRecord, Message, Tool, ToolCall, check_arguments
+from ..trajectory import InvalidRecord, Message, Tool, ToolCall, check_arguments, iter_lines, parse_line
 from .base import Environment, Task, Unsolvable, call_arguments, tool_error, tool_message
 
 CATALOG = "tool.jsonl"
@@ -60,24 +60,21 @@ def data_files(path: Path) -> list[Path]:
 def read_records(files: list[Path], catalog: dict[str, dict[str, Any]]) -> list[tuple[Path, dict[str, Any]]]:
     records = []
     for file in files:
-        with open(file, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                    calls = [(step["api"], step.get("parameters") or {}, step.get("responses") or [])
-                             for step in rec["calling"]]
-                    if not isinstance(rec["query"], str) or not calls:
-                        raise ValueError("needs a query and at least one call")
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                    raise TrajtuneError(f"{file}:{lineno}: not a Seal-Tools record {{id, query, calling: [{{api, "
-                                        f"parameters, responses}}]}} ({type(e).__name__}: {e})") from None
-                missing = sorted({name for name, _, _ in calls} - set(catalog))
-                if missing:
-                    raise TrajtuneError(f"{file}:{lineno}: calls {', '.join(missing)}, which {CATALOG} does not "
-                                        "define; use the catalog the data was made with")
-                records.append((file, rec))
+        for lineno, raw in iter_lines(file):
+            try:
+                rec = parse_line(raw)
+                calls = [(step["api"], step.get("parameters") or {}, step.get("responses") or [])
+                         for step in rec["calling"]]
+                if not isinstance(rec["query"], str) or not calls:
+                    raise ValueError("needs a query and at least one call")
+            except (KeyError, TypeError, ValueError) as e:  # InvalidRecord (not JSON) is a ValueError
+                raise TrajtuneError(f"{file}:{lineno}: not a Seal-Tools record {{id, query, calling: [{{api, "
+                                    f"parameters, responses}}]}} ({type(e).__name__}: {e})") from None
+            missing = sorted({name for name, _, _ in calls} - set(catalog))
+            if missing:
+                raise TrajtuneError(f"{file}:{lineno}: calls {', '.join(missing)}, which {CATALOG} does not "
+                                    "define; use the catalog the data was made with")
+            records.append((file, rec))
     return records
 
 

@@ -14,7 +14,6 @@ limit that stopped the command is an error observation `{"error": {"type": "time
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TrajtuneError
-from ..trajectory import Message, Tool, ToolCall
+from ..trajectory import Message, Tool, ToolCall, iter_lines, parse_line
 from .base import Environment, Task, Unsolvable, call_arguments, tool_error, tool_message
 from .sandbox import Limits, Sandbox, SandboxUnavailable
 from .shell_tasks import FAMILIES, Case, make_case
@@ -127,20 +126,17 @@ class ShellEnv(Environment):
             raise TrajtuneError(f"--tasks {path}: no such file (shell tasks are JSONL records from "
                                 "`trajtune env tasks --env shell`)")
         tasks: list[Task] = []
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    task = json.loads(line)
-                    family = FAMILIES[task["meta"]["family"]]
-                    make_case(family.name, task["meta"]["gen"])
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                    raise TrajtuneError(f"{path}:{lineno}: not a shell task ({type(e).__name__}: {e}); a task needs "
-                                        f"meta.family (one of {', '.join(FAMILIES)}) and meta.gen") from None
-                task.setdefault("env", self.name)
-                task.setdefault("split", family.split)
-                tasks.append(task)
+        for lineno, raw in iter_lines(path):
+            try:
+                task = parse_line(raw)
+                family = FAMILIES[task["meta"]["family"]]
+                make_case(family.name, task["meta"]["gen"])
+            except (KeyError, TypeError, ValueError) as e:  # InvalidRecord (not JSON) is a ValueError
+                raise TrajtuneError(f"{path}:{lineno}: not a shell task ({type(e).__name__}: {e}); a task needs "
+                                    f"meta.family (one of {', '.join(FAMILIES)}) and meta.gen") from None
+            task.setdefault("env", self.name)
+            task.setdefault("split", family.split)
+            tasks.append(task)
         return tasks
 
     # --- episode ---------------------------------------------------------------------------------------------

@@ -69,7 +69,9 @@ class BuildConfig:
                                                                 "react or chatglm3 (render/prompt_formats.py)"})
     template_kwargs: list[str] = field(default_factory=list, metadata={"help": "KEY=VALUE variables for the template"})
     call_syntax: str | None = field(default=None, metadata={"help": "call syntax of a template that ignores tool_calls"})
-    reasoning: str | None = field(default=None, metadata={"help": "reasoning with no place in the template: inline, drop"})
+    reasoning: Literal["auto", "inline", "drop"] = field(default="auto", metadata={
+        "help": "reasoning_content: auto (where the template reads it, else inline), inline (<think>...</think> "
+                "before the answer) or drop"})
     call_content: str | None = field(default=None, metadata={"help": "text next to a call the template cannot show: drop"})
     turns: Literal["auto", "joint", "per-turn"] = field(default="auto", metadata={
         "help": "per-turn: one sample per trained assistant turn (context = the generation prompt before it); joint: "
@@ -210,6 +212,17 @@ def tokenizer_hash(tokenizer: Any) -> str:
     return _hash(body, tokenizer.chat_template, getattr(tokenizer, "all_special_tokens", []))[:16]
 
 
+def _mentions(path: str, needle: bytes) -> bool:
+    """Whether the file's bytes hold `needle` (a scan that stops at the first hit: far cheaper than rendering)."""
+    import mmap
+
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return False
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            return m.find(needle) >= 0
+
+
 def _code_hash(here: Path | None = None) -> str:
     """The source of every file below data_builders/ (.py and the built-in .jinja prompt formats, in every
     subfolder: render, filters, validation, this file...) and the transformers version (its Jinja environment
@@ -294,10 +307,15 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
 
     from .render.options import RenderOptions, parse_template_kwargs
     from .render.prompt_formats import announce_prompt_format, resolve_prompt_format
+    from .render.recipe import reasoning_notice
 
-    options = RenderOptions(parse_template_kwargs(cfg.template_kwargs), cfg.call_syntax, cfg.reasoning, cfg.call_content)
+    options = RenderOptions(parse_template_kwargs(cfg.template_kwargs), cfg.call_syntax, cfg.reasoning or "auto",
+                            cfg.call_content)
     prompt_format = resolve_prompt_format(tok, cfg.prompt_format, options)
     if note := announce_prompt_format(tok, cfg.prompt_format, options):
+        print(f"build: {note}", file=sys.stderr)
+    if any(_mentions(s.path, b'"reasoning_content"') for s in specs) and (
+            note := reasoning_notice(tok, prompt_format, options)):
         print(f"build: {note}", file=sys.stderr)
     job = RecordJob(tok, cfg.prompt_format, cfg.seq_len, cfg.overlong, cfg.dedup, decontam, options, cfg.turns)
     job_key = _hash(FORMAT_VERSION, tok_hash, cfg.prompt_format, repr(options), cfg.turns, cfg.seq_len, cfg.overlong,

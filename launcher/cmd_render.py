@@ -36,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_render_options(p: argparse.ArgumentParser, default_prompt_format: str | None = "auto") -> None:
-    """The flags that say how a record becomes text (shared with `trajtune build`; data_builders/render/options.py)."""
+    """The flags that say how a record becomes text (shared with `trajtune build`; data_builders/render/options.py).
+    `trajtune build` passes default_prompt_format=None: its defaults come from BuildConfig, under its config file."""
     from ..data_builders.render.options import CALL_CONTENT, REASONING
 
     p.add_argument("--prompt-format", dest="prompt_format", default=default_prompt_format,
@@ -47,9 +48,10 @@ def add_render_options(p: argparse.ArgumentParser, default_prompt_format: str | 
     p.add_argument("--call-syntax", dest="call_syntax", metavar="NAME",
                    help="call syntax of a template that ignores tool_calls and whose syntax cannot be inferred "
                         "(hermes, llama3, mistral, pythonic, ...)")
-    p.add_argument("--reasoning", choices=list(REASONING),
-                   help="reasoning_content on a template with no place for it: inline (<think>...</think> before "
-                        "the answer) or drop (default: decline such records)")
+    p.add_argument("--reasoning", choices=list(REASONING), default=default_prompt_format and "auto",
+                   help="reasoning_content: auto (where the template reads it; on a template with no place for it, "
+                        "inline), inline (<think>...</think> before the answer, in the content) or drop "
+                        "(default: auto)")
     p.add_argument("--call-content", dest="call_content", choices=list(CALL_CONTENT),
                    help="text next to a tool call on a template that shows only one of them: drop (default: decline)")
 
@@ -58,7 +60,7 @@ def render_options(args: argparse.Namespace):
     """The RenderOptions of the parsed flags."""
     from ..data_builders.render.options import RenderOptions, parse_template_kwargs
 
-    return RenderOptions(parse_template_kwargs(args.template_kwargs), args.call_syntax, args.reasoning,
+    return RenderOptions(parse_template_kwargs(args.template_kwargs), args.call_syntax, args.reasoning or "auto",
                          args.call_content)
 
 
@@ -91,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
     from ..data_builders.errors import TrajtuneError
     from ..data_builders.render import RenderError, check_template, render_with_mask
     from ..data_builders.render.check import describe_template
-    from ..data_builders.render.prompt_formats import announce_prompt_format
+    from ..data_builders.render.prompt_formats import announce_prompt_format, resolve_prompt_format
+    from ..data_builders.render.recipe import reasoning_notice
     from ..data_builders.tokenizer import load_tokenizer
     from ..data_builders.trajectory import InvalidRecord, iter_lines, parse_line, validate_record
 
@@ -104,22 +107,26 @@ def run(args: argparse.Namespace) -> int:
         for line in describe_template(tok, rows, args.prompt_format, options):
             console.print(line, markup=False)
         for name, verdict, detail in rows:
-            color = "green" if verdict == "ok" else "yellow"
+            color = "yellow" if verdict == "declined" else "green"
             console.print(f"[{color}]{verdict:8}[/{color}] [bold]{name}[/bold]: ", end="")
             console.print(repr(detail), markup=False)
-        return 0 if all(v == "ok" for _, v, _ in rows) else 1
+        return 0 if all(v != "declined" for _, v, _ in rows) else 1
     if not args.data:
         raise TrajtuneError("give --data FILE.jsonl (or --check-template T.jinja)")
     tok = _named(load_tokenizer(args.tokenizer, args.template), args.template or args.tokenizer)
     options = render_options(args)
     if note := announce_prompt_format(tok, args.prompt_format, options):
         print(f"render: {note}", file=sys.stderr)
+    reasoning_note = reasoning_notice(tok, resolve_prompt_format(tok, args.prompt_format, options), options)
     failed, idx = 0, -1
     for idx, (line_no, raw) in enumerate(iter_lines(args.data)):
         if args.index is not None and idx != args.index:
             continue
         try:
             record = validate_record(parse_line(raw))
+            if reasoning_note and any(m.get("reasoning_content") for m in record["messages"]):
+                print(f"render: {reasoning_note}", file=sys.stderr)
+                reasoning_note = None  # once
             r = render_with_mask(record, tok, args.prompt_format, options=options)
         except (InvalidRecord, RenderError) as e:
             print(f"{args.data}:{line_no}: cannot render: {e}", file=sys.stderr)

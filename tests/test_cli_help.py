@@ -21,7 +21,7 @@ SURFACE = {
     "convert": {"inputs": None, "--from": "auto", "--out": None, "--quarantine": None, "--strict": False,
                 "--tools": None},
     "render": {"--data": None, "--tokenizer": None, "--template": None, "--prompt-format": "auto",
-               "--template-kwargs": None, "--call-syntax": None, "--reasoning": None, "--call-content": None,
+               "--template-kwargs": None, "--call-syntax": None, "--reasoning": "auto", "--call-content": None,
                "--index": None, "--json": False, "--check-template": None},
     "build": {"--data": None, "--config": None, "--tokenizer": None, "--template": None, "--prompt-format": None,
               "--template-kwargs": None, "--call-syntax": None, "--reasoning": None, "--call-content": None,

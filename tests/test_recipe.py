@@ -17,6 +17,7 @@ from transformers import AutoTokenizer
 
 from trajtune.data_builders.errors import TrajtuneError
 from trajtune.data_builders.render import render_with_mask
+from trajtune.data_builders.render.options import RenderOptions
 from trajtune.data_builders.render.recipe import RenderRecipe, build_recipe, export_chat_template, load_recipe
 from trajtune.data_builders.tokenizer import load_tokenizer
 from trajtune.data_builders.trajectory import validate_record
@@ -75,8 +76,9 @@ def test_exported_chat_template_renders_what_training_rendered(pipeline):
 @pytest.mark.parametrize("template", ["qwen2.5-instruct.jinja", "mistral-7b-instruct-v0.3.jinja", "llama-2-chat.jinja"])
 @pytest.mark.parametrize("fmt", ["tool-prompt", "react"])
 def test_combined_template_equals_the_build_on_parallel_calls_and_rounds(template, fmt):
-    # Parallel calls answered out of order (react splits them into call/result pairs), a call-only turn
-    # (content None, which apply_chat_template drops), a second round, a system prompt with unicode.
+    # Parallel calls answered out of order (react splits them into call/result pairs; the reasoning, written
+    # inline, stays with the first), a call-only turn (content None, which apply_chat_template drops), a second
+    # round, a system prompt with unicode.
     tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather now.", "parameters": {
         "type": "object", "properties": {"city": {"type": "string", "description": "City"}}, "required": ["city"]}}},
         {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object",
@@ -84,14 +86,15 @@ def test_combined_template_equals_the_build_on_parallel_calls_and_rounds(templat
     call = lambda i, name, args: {"id": i, "type": "function", "function": {"name": name, "arguments": args}}  # noqa: E731
     record = validate_record({"id": "r", "tools": tools, "messages": [
         {"role": "system", "content": "Be brief, ünïcode."}, {"role": "user", "content": "Beijing and Paris?"},
-        {"role": "assistant", "content": "Checking.", "tool_calls": [call("a", "get_weather", {"city": "Beijing"}),
-                                                                     call("b", "get_weather", {"city": "Paris"})]},
+        {"role": "assistant", "content": "Checking.", "reasoning_content": "Two cities, two calls.",
+         "tool_calls": [call("a", "get_weather", {"city": "Beijing"}), call("b", "get_weather", {"city": "Paris"})]},
         {"role": "tool", "tool_call_id": "b", "content": '{"t": 18}'}, {"role": "tool", "tool_call_id": "a", "content": "26"},
         {"role": "assistant", "content": "26 and 18."}, {"role": "user", "content": "Time in Tokyo?"},
         {"role": "assistant", "content": None, "tool_calls": [call("c", "get_time", {"tz": "Asia/Tokyo"})]},
         {"role": "tool", "tool_call_id": "c", "content": "10:00"}, {"role": "assistant", "content": "10:00."}]})
     tok = load_tokenizer(None, TEMPLATES / template)
     want = render_with_mask(copy.deepcopy(record), tok, fmt).text
+    assert want.count("Two cities, two calls.") == 1
     exported = load_tokenizer(None, TEMPLATES / template)
     exported.chat_template = export_chat_template(tok, build_recipe(tok, fmt, "joint"))
     assert exported.apply_chat_template(inference_messages(record), tools=tools, tokenize=False) == want
@@ -130,3 +133,35 @@ def test_a_system_fold_is_written_into_the_exported_template(path):
     exported.chat_template = export_chat_template(tok, recipe)
     assert exported.apply_chat_template(inference_messages(record), tokenize=False) == want
     assert "SYSX1" in want
+
+
+@pytest.mark.parametrize("path", [TEMPLATES / "qwen2.5-instruct.jinja", ROOT / "tests" / "templates" / "gemma-2-2b-it.jinja"])
+def test_reasoning_written_inline_is_written_by_the_exported_template(path):
+    # Qwen2.5 and Gemma 2 have no place for reasoning: --reasoning auto writes it inline, as <think>...</think>
+    # before the answer. The recipe says so, and the exported template writes a client's reasoning_content the
+    # same way, so history turns read at inference as they did in training.
+    record = validate_record({"id": "r", "messages": [
+        {"role": "system", "content": "SYSX1 think aloud."}, {"role": "user", "content": "USRX1 2+2?"},
+        {"role": "assistant", "content": "ASTX1 4.", "reasoning_content": "RSNX1 two and two."},
+        {"role": "user", "content": "USRX2 3+3?"},
+        {"role": "assistant", "content": "ASTX2 6.", "reasoning_content": "RSNX2 three and three."}]})
+    tok = load_tokenizer(None, path)
+    r = render_with_mask(copy.deepcopy(record), tok)
+    assert "<think>\nRSNX1 two and two.\n</think>\n\nASTX1 4." in r.text
+    assert "RSNX2" in "".join(r.text[s:e] for s, e in r.trained_spans)
+    recipe = build_recipe(tok, None, "joint")
+    assert recipe.reasoning == "inline"
+    assert build_recipe(tok, None, "joint", RenderOptions(reasoning="drop")).reasoning == "drop"
+    exported = load_tokenizer(None, path)
+    exported.chat_template = export_chat_template(tok, recipe)
+    assert exported.apply_chat_template(inference_messages(record), tokenize=False) == r.text
+    # The template alone drops the reasoning.
+    assert "RSNX1" not in tok.apply_chat_template(inference_messages(record)[1:], tokenize=False)
+
+
+def test_a_template_with_its_own_place_for_reasoning_keeps_it():
+    # Qwen3 reads reasoning_content itself: nothing inline, nothing in the recipe, the export ships its template.
+    tok = load_tokenizer(None, TEMPLATES / "qwen3.jinja")
+    recipe = build_recipe(tok, None, "joint")
+    assert recipe.reasoning is None
+    assert export_chat_template(tok, recipe) == tok.chat_template

@@ -507,6 +507,6 @@ def test_qwen3_history_turn_with_reasoning_is_declined_not_trained_without_it(ex
 def test_reasoning_content_reaches_the_template_and_is_trained():
     r = render_with_mask(_chat("4", reasoning_content="add two and two"), _tok("qwen3"))
     assert _trained(r) == ["<think>\nadd two and two\n</think>\n\n4<|im_end|>"]
-    # A template with no place for reasoning declines the record instead of dropping the thought.
-    with pytest.raises(RenderError, match="no place for reasoning; pass --reasoning inline"):
-        render_with_mask(_chat("4", reasoning_content="add two and two"), _tok("qwen2.5-instruct"))
+    # A template with no place for reasoning gets it inline, never dropped (unless --reasoning drop).
+    r = render_with_mask(_chat("4", reasoning_content="add two and two"), _tok("qwen2.5-instruct"))
+    assert _trained(r) == ["<think>\nadd two and two\n</think>\n\n4<|im_end|>"]

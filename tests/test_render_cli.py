@@ -14,6 +14,7 @@ from trajtune.launcher.cli import main
 from trajtune.launcher.cmd_render import add_arguments
 
 QWEN = str(TEMPLATES / "qwen2.5-instruct.jinja")
+QWEN3 = str(TEMPLATES / "qwen3.jinja")
 
 
 def _data(tmp_path, names=("single_call", "plain_chat")):
@@ -52,7 +53,7 @@ def test_record_the_template_cannot_express_exits_nonzero_with_the_reason(tmp_pa
 
 def _verdicts(out: str) -> dict[str, str]:
     return {line.split()[1].rstrip(":"): line.split()[0] for line in out.splitlines()
-            if line.startswith(("ok ", "declined "))}
+            if line.startswith(("ok ", "per-turn ", "declined "))}
 
 
 def test_check_template_prints_a_verdict_per_case(capsys):
@@ -60,9 +61,9 @@ def test_check_template_prints_a_verdict_per_case(capsys):
     out = capsys.readouterr().out
     assert _verdicts(out) == {"plain_chat": "ok", "single_call": "ok", "parallel_calls": "ok",
                               "content_and_call": "declined", "two_rounds": "ok", "loss_false": "ok",
-                              "reasoning": "declined"}
-    assert "pass --call-content drop" in out and "pass --reasoning inline" in out  # each decline names its fix
-    assert main(["render", "--check-template", QWEN, "--reasoning", "inline"]) == 0
+                              "reasoning": "ok"}
+    assert "pass --call-content drop" in out  # each decline names its fix
+    assert main(["render", "--check-template", QWEN]) == 0
 
 
 def test_check_template_reports_rendering_stops_and_folds(capsys):
@@ -70,14 +71,19 @@ def test_check_template_reports_rendering_stops_and_folds(capsys):
     corpus = Path(__file__).resolve().parent / "templates"
     main(["render", "--check-template", str(corpus / "gpt-oss-120b.jinja")])
     out = capsys.readouterr().out
-    assert "rendering: joint" in out
+    assert "rendering: per-turn" in out  # a final answer ends in <|return|> only when it is the last message
     assert ("stop tokens: a final answer (the last message): <|return|>; an answer followed by another turn: <|end|>; "
             "a tool-call message followed by its results: <|call|>") in out
     main(["render", "--check-template", str(corpus / "gemma-2-2b-it.jinja")])
     out = capsys.readouterr().out
     assert "folds: system text folded into the first user turn" in out and "prompt format: tool-prompt" in out
-    main(["render", "--check-template", str(corpus / "qwq-32b.jinja")])
-    assert "rendering: not prefix-stable on " in capsys.readouterr().out
+    assert main(["render", "--check-template", str(corpus / "qwq-32b.jinja")]) == 0
+    out = capsys.readouterr().out
+    assert "rendering: per-turn" in out and set(_verdicts(out).values()) == {"per-turn"}
+    assert "per-turn reasoning: 'Two and two make four.\\n</think>\\n\\n4.<|im_end|> | " in out
+    assert main(["render", "--check-template", QWEN3]) == 0  # history strips thoughts: that case alone, per turn
+    out = capsys.readouterr().out
+    assert "rendering: joint, but not prefix-stable on reasoning" in out and _verdicts(out)["reasoning"] == "per-turn"
 
 
 def test_missing_inputs_are_user_errors(tmp_path, capsys):
@@ -155,18 +161,22 @@ def test_render_on_a_colour_terminal_highlights_without_brackets(tmp_path, capsy
 
 def test_build_takes_the_render_options_and_announces_auto(tmp_path, capsys):
     """The same flags on `trajtune build`: a reasoning record on Llama-2 (no tools, no place for reasoning) is
-    declined naming --reasoning, and kept with it; the tool-prompt format auto picks is said on stderr."""
+    kept with its reasoning inline, said on stderr as the tool-prompt format auto picks is; --reasoning drop
+    leaves it out, and a config file's choice holds unless the command line names another."""
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({**BATTERY["single_call"], "messages": [
         *BATTERY["single_call"]["messages"][:-1],
         {"role": "assistant", "content": "26 °C.", "reasoning_content": "The tool said 26."}]}) + "\n")
     base = ["build", "--data", str(data), "--template", str(TEMPLATES / "llama-2-chat.jinja"), "--seq-len", "2048",
             "--cache-dir", str(tmp_path / "cache")]
-    assert main([*base, "--out", str(tmp_path / "a")]) == 2  # nothing kept: the reasons are the error
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
     err = capsys.readouterr().err
-    assert "no place for reasoning; pass --reasoning inline" in json.loads(
-        (tmp_path / "a.partial" / "dropped.jsonl").read_text())["detail"]
     assert "--prompt-format auto renders tools and calls with the built-in 'tool-prompt' format" in err
-    assert main([*base, "--out", str(tmp_path / "b"), "--reasoning", "inline"]) == 0
-    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
-    assert manifest["kept"] == 1 and manifest["dropped"] == 0
+    assert "has no place for reasoning: --reasoning auto writes a record's reasoning_content inline" in err
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["kept"] == 1 and manifest["recipe"]["reasoning"] == "inline"
+    config = tmp_path / "build.yaml"
+    config.write_text("reasoning: drop\n")
+    assert main([*base, "--config", str(config), "--out", str(tmp_path / "b")]) == 0
+    assert "no place for reasoning" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["recipe"]["reasoning"] == "drop"

@@ -173,12 +173,12 @@ def test_text_next_to_a_call_is_never_dropped_silently():
 # Reasoning
 
 
-def test_reasoning_goes_where_the_template_reads_it_or_is_declined_naming_the_option():
-    with pytest.raises(RenderError, match=r"no place for reasoning; pass --reasoning inline .* or --reasoning drop"):
-        _render("llama-3-8b-instruct", "reasoning")
-    _, trained = _render("llama-3-8b-instruct", "reasoning", reasoning="inline")
-    assert trained == ["<think>\nRSNX1 think first.\n</think>\n\nASTX8 here you go.<|eot_id|>",
-                       "<think>\nRSNX2 think again.\n</think>\n\nASTX9 here you go.<|eot_id|>"]
+def test_reasoning_goes_where_the_template_reads_it_else_inline():
+    # Llama 3 has no place for reasoning: auto (the default) writes it inline, as R1-style distilled data does.
+    inline = ["<think>\nRSNX1 think first.\n</think>\n\nASTX8 here you go.<|eot_id|>",
+              "<think>\nRSNX2 think again.\n</think>\n\nASTX9 here you go.<|eot_id|>"]
+    assert _render("llama-3-8b-instruct", "reasoning")[1] == inline
+    assert _render("llama-3-8b-instruct", "reasoning", reasoning="inline")[1] == inline
     _, trained = _render("llama-3-8b-instruct", "reasoning", reasoning="drop")
     assert trained == ["ASTX8 here you go.<|eot_id|>", "ASTX9 here you go.<|eot_id|>"]
     # gpt-oss reads `thinking`, and only on the last turn: the history turn is declined, naming the option.
@@ -190,8 +190,34 @@ def test_reasoning_goes_where_the_template_reads_it_or_is_declined_naming_the_op
         render_with_mask(record, tok)
 
 
-def test_a_prompt_format_keeps_the_reasoning_for_the_template_to_place_or_decline():
+def test_a_prompt_format_keeps_the_reasoning_for_the_template_to_place():
     """tool-prompt rewrote every message and lost reasoning_content: graded correct, the thought silently untrained."""
     tok = tb.bare_tokenizer(_path("gemma-3-it"))
-    with pytest.raises(RenderError, match="no place for reasoning"):
-        render_with_mask(tb.shape_record("reasoning"), tok, "tool-prompt")
+    assert "RSNX1 think first." in "".join(_trained(tok, render_with_mask(tb.shape_record("reasoning"), tok, "tool-prompt")))
+
+
+def test_reasoning_on_a_template_whose_generation_prompt_closes_the_thought_names_its_switch():
+    """DeepSeek-V3.1 prompts `<｜Assistant｜></think>` unless `thinking` is set: training a thought after a closed one
+    would teach what the prompt forbids, so the record is declined naming the kwarg; with it, each turn is its own
+    sample after the prompt that opens `<think>`."""
+    tok = tb.bare_tokenizer(_path("deepseek-v3.1"))
+    with pytest.raises(RenderError, match=r"closes the thought .* pass --template-kwargs thinking=true .* or "
+                                          "--reasoning drop"):
+        render_with_mask(tb.shape_record("reasoning"), tok)
+
+
+@pytest.mark.parametrize("name", ["deepseek-r1", "deepseek-r1-0528-qwen3-8b"])
+def test_a_template_that_cuts_the_thought_from_every_turn_trains_it_per_turn(name):
+    """DeepSeek-R1's template cuts `...</think>` from every assistant message, the last one too, and its generation
+    prompt opens nothing: the model writes the thought itself. Per turn, the target is the thought, then the
+    answer as the template writes it; the history keeps only the answer, as at inference."""
+    from trajtune.data_builders.render.per_turn import render_samples
+
+    tok = tb.bare_tokenizer(_path(name))
+    with pytest.raises(RenderError, match="lacks 'RSNX1"):
+        render_with_mask(tb.shape_record("reasoning"), tok)
+    (samples,) = render_samples([tb.shape_record("reasoning")], tok)
+    assert samples.per_turn and [_trained(tok, s) for s in samples.samples] == [
+        ["<think>\nRSNX1 think first.\n</think>\n\nASTX8 here you go.<｜end▁of▁sentence｜>"],
+        ["<think>\nRSNX2 think again.\n</think>\n\nASTX9 here you go.<｜end▁of▁sentence｜>"]]
+    assert "RSNX1" not in samples.samples[1].text

@@ -2,7 +2,7 @@
 
 `BATTERY` holds the cases of issue 3 (plain chat, single call, parallel calls, content and a call in one turn,
 two tool rounds, a loss=false message). `check_template(tokenizer)` renders each with the exhaustive prefix
-proof and reports a verdict per case (`trajtune render --check-template T`). `fast_path_ok(ctx)` decides
+proof, per turn where that fails on history, and reports a verdict per case (`trajtune render --check-template T`). `fast_path_ok(ctx)` decides
 whether a template may use the one-render header path of `render_with_mask`: only if, on every case here
 plus a few extra probes, it finds exactly the spans the prefix proof finds, or defers to it.
 """
@@ -71,11 +71,14 @@ BATTERY: dict[str, dict] = {
 
 
 def check_template(tokenizer, prompt_format: str | None = None, options=None) -> list[tuple[str, str, str]]:
-    """Render every BATTERY case; return (case, verdict, detail) with verdict "ok" (detail = the trained text,
-    spans joined by " | ") or "declined" (detail = the reason, which names the option that would fix it)."""
+    """Render every BATTERY case as `trajtune build --turns auto` would; return (case, verdict, detail) with verdict
+    "ok" (one joint render, proved by the exhaustive prefix check; detail = the trained text, spans joined by
+    " | "), "per-turn" (the joint proof fails where per-turn rendering resolves it: each trained turn its own
+    sample; detail = the targets) or "declined" (detail = the reason, which names the option that would fix it)."""
     from ..trajectory import validate_record
     from .errors import RenderError
     from .mask import render_with_mask
+    from .per_turn import FALLBACK, render_turns
 
     rows = []
     for name, record in BATTERY.items():
@@ -83,7 +86,15 @@ def check_template(tokenizer, prompt_format: str | None = None, options=None) ->
             r = render_with_mask(validate_record(copy.deepcopy(record)), tokenizer, prompt_format, exhaustive=True,
                                  options=options)
         except RenderError as e:
-            rows.append((name, "declined", str(e)))
+            if e.reason not in FALLBACK:
+                rows.append((name, "declined", str(e)))
+                continue
+            try:
+                samples = render_turns(validate_record(copy.deepcopy(record)), tokenizer, prompt_format, options)
+            except RenderError as again:
+                rows.append((name, "declined", str(again)))
+                continue
+            rows.append((name, "per-turn", " | ".join(t.text[s:e] for t in samples for s, e in t.trained_spans)))
             continue
         rows.append((name, "ok", " | ".join(r.text[s:e] for s, e in r.trained_spans)))
     return rows
@@ -95,16 +106,24 @@ def describe_template(tokenizer, rows: list[tuple[str, str, str]], prompt_format
     joint or per-turn (prefix stability on the battery), the stop token per kind of message, the folds and
     conventions it needs (measured by the profile), and the prompt format auto picks. One line each."""
     from .options import RenderOptions
+    from .per_turn import template_turns
     from .profile import profile_template, special_kwargs
     from .prompt_formats import resolve_prompt_format
+    from .shape import reasoning_placement
     from .stops import KINDS, template_stop_tokens
 
     options = options or RenderOptions()
     kwargs = dict(options.template_kwargs)
     prof = profile_template(tokenizer.chat_template, tuple(sorted({**special_kwargs(tokenizer), **kwargs}.items())))
-    unstable = [name for name, verdict, detail in rows if verdict == "declined" and detail.startswith("not_prefix_stable")]
-    lines = [("rendering: joint (the generation prompt is a prefix of the conversation on every case)" if not unstable
-              else f"rendering: not prefix-stable on {', '.join(unstable)}: these need per-turn rendering")]
+    per_turn = [name for name, verdict, _ in rows if verdict == "per-turn"]
+    if template_turns(tokenizer, prompt_format, options) == "per-turn":
+        lines = ["rendering: per-turn (the template renders history unlike a generation: --turns auto gives each "
+                 "trained turn its own sample)"]
+    elif per_turn:
+        lines = [f"rendering: joint, but not prefix-stable on {', '.join(per_turn)}: --turns auto renders such "
+                 "records per turn"]
+    else:
+        lines = ["rendering: joint (the generation prompt is a prefix of the conversation on every case)"]
     stops = template_stop_tokens(tokenizer)
     lines.append("stop tokens: " + "; ".join(
         f"{what}: {stops.of(kind) or 'none (declined)'}" + (" (appended: the template leaves the last turn open)"
@@ -129,7 +148,13 @@ def describe_template(tokenizer, rows: list[tuple[str, str, str]], prompt_format
     calls = ("written by the template" if prof.native_calls else f"as text in the {prof.text_syntax} syntax"
              if prof.text_syntax else "ignored, syntax unknown (--call-syntax NAME)")
     chosen = resolve_prompt_format(tokenizer, prompt_format, options)
-    lines.append(f"tools: {tools}; calls: {calls}; reasoning: {prof.reasoning_field or 'no place (--reasoning)'}; "
+    place = reasoning_placement(prof, options)
+    reasoning = {None: f"the {prof.reasoning_field} field", "inline": "inline, <think>...</think> before the answer",
+                 "drop": "dropped (--reasoning drop)", "per-turn": "after the generation prompt's <think>, per turn",
+                 "off": "declined: the generation prompt closes the thought"
+                        + (f" (--template-kwargs {prof.thinking_kwarg}=true opens it)" if prof.thinking_kwarg else "")
+                 }[place]
+    lines.append(f"tools: {tools}; calls: {calls}; reasoning: {reasoning}; "
                  f"prompt format: {chosen or 'none (the template alone)'}")
     return lines
 

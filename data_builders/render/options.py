@@ -3,9 +3,12 @@
 Each is a CLI flag of `trajtune render` and `trajtune build` (and a BuildConfig key): `--template-kwargs k=v`
 (passed to the template as apply_chat_template's chat_template_kwargs: enable_thinking, reasoning_effort, ...),
 `--call-syntax NAME` (the call syntax of a template that ignores `tool_calls` and whose syntax cannot be
-inferred: Seed-OSS, Hammer, MiniCPM3), `--reasoning inline|drop` (for templates with no place for
-`reasoning_content`) and `--call-content drop` (for templates that cannot show text next to a tool call).
-Without them, such records are declined with a message naming the option: nothing is dropped silently.
+inferred: Seed-OSS, Hammer, MiniCPM3), `--reasoning auto|inline|drop` (where `reasoning_content` goes) and
+`--call-content drop` (for templates that cannot show text next to a tool call). `--reasoning auto`, the
+default, puts reasoning where the template reads it and, on a template with no place for it, writes it inline
+as `<think>...</think>` (the convention of R1-style distilled data), announced on stderr (`reasoning_notice`).
+Records the template cannot express otherwise are declined with a message naming the option: nothing is
+dropped silently.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from typing import Any
 
 from ..errors import TrajtuneError
 
-REASONING = {"inline": "written as <think>REASONING</think> before the answer, in the content",
+REASONING = {"auto": "where the template reads it; on a template with no place for it, inline",
+             "inline": "written as <think>REASONING</think> before the answer, in the content",
              "drop": "left out of the trained text"}
 CALL_CONTENT = {"drop": "the text next to a tool call is left out; the call alone is trained"}
 
@@ -25,7 +29,7 @@ CALL_CONTENT = {"drop": "the text next to a tool call is left out; the call alon
 class RenderOptions:
     template_kwargs: tuple[tuple[str, Any], ...] = ()  # sorted (key, value) pairs
     call_syntax: str | None = None  # a key of tool_calls.SYNTAXES
-    reasoning: str | None = None  # a key of REASONING
+    reasoning: str = "auto"  # a key of REASONING
     call_content: str | None = None  # a key of CALL_CONTENT
 
     def __post_init__(self) -> None:
@@ -33,7 +37,7 @@ class RenderOptions:
 
         if self.call_syntax is not None and self.call_syntax not in SYNTAXES:
             raise TrajtuneError(f"--call-syntax {self.call_syntax!r}: choose one of {', '.join(SYNTAXES)}")
-        if self.reasoning is not None and self.reasoning not in REASONING:
+        if self.reasoning not in REASONING:
             raise TrajtuneError(f"--reasoning {self.reasoning!r}: choose one of {', '.join(REASONING)}")
         if self.call_content is not None and self.call_content not in CALL_CONTENT:
             raise TrajtuneError(f"--call-content {self.call_content!r}: choose one of {', '.join(CALL_CONTENT)}")

@@ -66,14 +66,33 @@ def turn_texts(ctx: RenderContext, msgs: list[TemplateMessage], tools, where: st
             start = at + len(header) if at >= 0 else None
         kind = kind_of(msgs[g].calls, True)  # every target is what the model generates as the last message
         if start is not None:
+            rendered = alone
             alone, _, end = close_turn(ctx, alone, start, kind, m.src, where)
-            target = alone[start:end]
+            target = _with_cut_thought(ctx, plain, j, g, tools, rendered, alone[start:end], where)
         else:
             target = _thought_target(ctx, alone, prompt, history or "", msgs[j:g + 1], kind, where)
         for part in msgs[j:g + 1]:
             check_pieces(ctx, target, (0, len(target)), part, where)
         out.append((prompt, target))
     return out
+
+
+def _with_cut_thought(ctx: RenderContext, plain: list[dict], j: int, g: int, tools, rendered: str, target: str,
+                      where: str) -> str:
+    """The target of a template that cuts the thought (`<think>...</think>` opening the content, as --reasoning
+    inline writes it) out of every assistant message, the last one too (DeepSeek-R1): the model still generates
+    that thought, then what the template writes. Only where the template's render does not depend on the cut
+    part (message j rendered without it gives the same text); otherwise `target` as it is (the check declines)."""
+    content = plain[j].get("content")
+    if not isinstance(content, str) or not content.startswith("<think>") or "</think>" not in content:
+        return target
+    thought, close, rest = content.partition("</think>")
+    if thought.removeprefix("<think>").strip() in target:
+        return target  # the template keeps it
+    cut = [*plain[:j], {**plain[j], "content": rest}, *plain[j + 1:g + 1]]
+    if render_or_raise(ctx, cut, tools, False, where, f"message {j} without its thought") != rendered:
+        return target
+    return thought + close + target
 
 
 def _thought_target(ctx: RenderContext, alone: str, prompt: str, history: str, parts: list[TemplateMessage],

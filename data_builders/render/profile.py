@@ -74,6 +74,9 @@ class TemplateProfile:
     ids_name_calls: bool = False  # it writes a call's id, not its name (Kimi K2): ids become functions.NAME:INDEX
     opens_thought: bool = False  # its generation prompt opens a thought (QwQ, R1 distills: `<think>\n`) that
     # history never shows: the reasoning of a turn has a place only in that turn's own per-turn sample
+    closes_thought: bool = False  # its generation prompt closes an empty thought (`</think>`: DeepSeek-V3.1 with
+    # thinking off): the model is prompted not to reason
+    thinking_kwarg: str | None = None  # the template kwarg that makes its generation prompt open a thought instead
 
 
 def render_shaped(template: str, prof: TemplateProfile, special: dict, messages: list[dict], tools: list | None,
@@ -245,10 +248,14 @@ def profile_template(template: str, special_items: tuple = ()) -> TemplateProfil
                       if renders([*sys_user, {**answer, f: "probe_rsn"}], "probe_rsn", "probe_v1")), None)
     prompt = try_render(template, special, sys_user, no_tools, add_generation_prompt=True) or ""
     opens_thought = reasoning is None and prompt.rstrip("\n").endswith(("<think>", "<thought>"))
+    closes_thought = reasoning is None and prompt.rstrip("\n").endswith(("</think>", "</thought>"))
+    switch = next((k for k in ("thinking", "enable_thinking") if closes_thought and k in template and
+                   (try_render(template, {**special, k: True}, sys_user, no_tools, add_generation_prompt=True) or "")
+                   .rstrip("\n").endswith(("<think>", "<thought>"))), None)
     return TemplateProfile(tools_where, native is not None, content_none, as_string, one_call, with_content,
                            text_syntax, tool_role, quote_results, ids_rendered, strict, needs_list, system_fold,
                            frozenset(part_roles), fill, missing, reasoning, state["named"] and native is not None,
-                           opens_thought)
+                           opens_thought, closes_thought, switch)
 
 
 def special_kwargs(tokenizer) -> dict[str, str]:

@@ -10,7 +10,9 @@ Fields: the prompt format; the call syntax (None: the template writes `tool_call
 (as `--turns auto` decided for the template; records may still fall back one by one, see the manifest's
 `turns`); the stop tokens (`template_stop_tokens`); template kwargs; the folds, i.e. the reshapings the template
 needs that the profile measured (results as user turns merged for strict alternation, parallel calls split,
-tools on the system turn); and the sha256 of the template the records were rendered with.
+tools on the system turn); where reasoning went when the template has no place of its own for it ("inline":
+`<think>...</think>` before the answer, in the content, which the exported template writes too; "drop"); and
+the sha256 of the template the records were rendered with.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class RenderRecipe:
     stop_tokens: list[str] = field(default_factory=list)
     template_kwargs: dict[str, Any] = field(default_factory=dict)
     folds: list[str] = field(default_factory=list)
+    reasoning: str | None = None  # "inline" | "drop" | None (the template's own place for it, or none needed)
     template_sha256: str = ""  # of the chat template the records were rendered with
     version: int = RECIPE_VERSION
 
@@ -57,15 +60,11 @@ class RenderRecipe:
 def build_recipe(tokenizer, prompt_format: str | None, turns: str, options=None) -> RenderRecipe:
     """The recipe of a build with `tokenizer` (its chat template), `--prompt-format` (resolved: not "auto"),
     `turns` ("joint" or "per-turn", auto already decided) and the render options (options.RenderOptions)."""
-    from .profile import profile_template, special_kwargs
-    from .prompt_formats import apply_prompt_format
+    from .options import RenderOptions
+    from .shape import reasoning_placement
     from .stops import template_stop_tokens
 
-    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
-    if prompt_format is not None:
-        override = apply_prompt_format({"messages": []}, prompt_format)[1]
-        template = override or template
-    profile = profile_template(template, tuple(sorted(special_kwargs(tokenizer).items()))) if template else None
+    template, profile = _rendered_with(tokenizer, prompt_format)
     folds = []
     if profile is not None:
         folds += ["tools_in_system"] * (profile.tools_where in ("system_list", "system_string"))
@@ -78,14 +77,42 @@ def build_recipe(tokenizer, prompt_format: str | None, turns: str, options=None)
     if options is not None and options.call_syntax:
         syntax = options.call_syntax
     kwargs = dict(options.template_kwargs) if options is not None else {}
+    place = reasoning_placement(profile, options or RenderOptions()) if profile is not None else None
     return RenderRecipe(prompt_format=prompt_format, call_syntax=syntax, turns=turns,
                         stop_tokens=template_stop_tokens(tokenizer).tokens(), template_kwargs=kwargs, folds=folds,
+                        reasoning=place if place in ("inline", "drop") else None,
                         template_sha256=hashlib.sha256(template.encode()).hexdigest())
+
+
+def _rendered_with(tokenizer, prompt_format: str | None):
+    """The chat template records are rendered with under `prompt_format` (resolved), and its profile (None
+    without a template)."""
+    from .profile import profile_template, special_kwargs
+    from .prompt_formats import apply_prompt_format
+
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+    if prompt_format is not None:
+        template = apply_prompt_format({"messages": []}, prompt_format)[1] or template
+    return template, profile_template(template, tuple(sorted(special_kwargs(tokenizer).items()))) if template else None
+
+
+def reasoning_notice(tokenizer, prompt_format: str | None, options) -> str | None:
+    """The line to print on stderr when --reasoning auto writes reasoning inline because the template (under
+    `prompt_format`, resolved) has no place for it; None otherwise."""
+    from .shape import reasoning_placement
+
+    profile = _rendered_with(tokenizer, prompt_format)[1]
+    if options.reasoning != "auto" or profile is None or reasoning_placement(profile, options) != "inline":
+        return None
+    name = getattr(tokenizer, "name_or_path", "") or "the chat template"
+    return (f"{name} has no place for reasoning: --reasoning auto writes a record's reasoning_content inline, as "
+            "<think>...</think> before the answer (the exported template does the same); pass --reasoning drop to "
+            "leave it out")
 
 
 def export_chat_template(tokenizer, recipe: RenderRecipe) -> str:
     """The chat template an export ships: the tokenizer's own, or, when the records were rewritten by a prompt
-    format or a system fold, that rewrite (prompt_formats/export_prelude.jinja) followed by the tokenizer's
+    format, a system fold or reasoning written inline, that rewrite (prompt_formats/export_prelude.jinja) followed by the tokenizer's
     template, so that `apply_chat_template(messages, tools=tools)` gives the text training saw. chatglm3 replaces
     the whole template and reads messages already rewritten (`metadata`, `observation` turns): the export ships
     that template."""
@@ -96,12 +123,13 @@ def export_chat_template(tokenizer, recipe: RenderRecipe) -> str:
     if recipe.prompt_format is not None and recipe.prompt_format not in EXPORTABLE_FORMATS:
         return format_template(recipe.prompt_format)
     profile = profile_template(base, tuple(sorted(special_kwargs(tokenizer).items())))
-    if recipe.prompt_format is None and not profile.system_fold:
+    if recipe.prompt_format is None and not profile.system_fold and recipe.reasoning != "inline":
         return base
     fmt = json.dumps(recipe.prompt_format) if recipe.prompt_format else "none"
     merge = recipe.prompt_format is not None and profile.strict_alternation  # (tool results exist only without one)
     settings = (f"{{%- set tt_format = {fmt} %}}{{%- set tt_merge = {str(merge).lower()} %}}"
                 f"{{%- set tt_fold = {str(profile.system_fold).lower()} %}}"
+                f"{{%- set tt_inline = {str(recipe.reasoning == 'inline').lower()} %}}"
                 f"{{%- set tt_no_tools = {'[]' if profile.needs_tool_list else 'none'} %}}\n")
     system_prompt = "{%- macro tt_system_prompt(system, tools) %}" + format_template(recipe.prompt_format) + \
         "{%- endmacro %}\n" if recipe.prompt_format else ""

@@ -41,8 +41,11 @@ def interleave_results(messages: list[dict]) -> list[tuple[int, dict]]:
             i += 1
             continue
         results = list(range(i + 1, j := _end_of_results(messages, i + 1)))
-        for k, call in enumerate(calls):  # content, if any, stays with the first call
-            out.append((i, {**m, "tool_calls": [call], "content": m.get("content") if k == 0 else None}))
+        first = m
+        rest = {k: v for k, v in m.items() if k != "reasoning_content"}
+        for k, call in enumerate(calls):  # content and reasoning, if any, stay with the first call
+            out.append((i, {**(first if k == 0 else rest), "tool_calls": [call],
+                            "content": m.get("content") if k == 0 else None}))
             mine = next((r for r in results if messages[r].get("tool_call_id") == call["id"]), None)
             if mine is not None:
                 results.remove(mine)
@@ -186,22 +189,39 @@ def template_messages(record: Trajectory, template: str, prof: TemplateProfile, 
     return out, kw_tools
 
 
+def reasoning_placement(prof: TemplateProfile, opts: RenderOptions) -> str | None:
+    """Where reasoning goes with this template and --reasoning: "inline" (as <think>...</think> before the answer,
+    in the content), "drop", "per-turn" (a template whose generation prompt opens a thought: each turn's own
+    sample holds it, per_turn.py), "off" (its generation prompt closes the thought: the model is prompted not to
+    reason, so reasoning is declined) or None (the template's own field, `prof.reasoning_field`)."""
+    if opts.reasoning in ("inline", "drop"):
+        return opts.reasoning
+    if prof.reasoning_field is not None:
+        return None
+    if prof.closes_thought:
+        return "off"
+    return "per-turn" if prof.opens_thought else "inline"  # auto, on a template with no place for reasoning
+
+
 def _with_reasoning(msg: dict, reasoning: str, prof: TemplateProfile, opts: RenderOptions, src: int,
                     where: str) -> dict:
-    """The assistant message with its reasoning where the template reads it (`reasoning_content`, gpt-oss's
-    `thinking`), or as --reasoning asks; with neither, an error naming the option (never dropped silently)."""
-    if opts.reasoning == "drop" or not reasoning:
+    """The assistant message with its reasoning where `reasoning_placement` says; never dropped unless asked."""
+    place = reasoning_placement(prof, opts)
+    if place == "drop" or not reasoning:
         return msg
-    if opts.reasoning == "inline":
+    if place == "off":
+        switch = f"--template-kwargs {prof.thinking_kwarg}=true (its generation prompt then opens <think>), or "
+        raise RenderError("template_cannot_express", f"{where}: message {src} has reasoning_content, and the "
+                          "template's generation prompt closes the thought (</think>): it prompts the model not to "
+                          f"reason; pass {switch if prof.thinking_kwarg else ''}--reasoning drop")
+    if place == "inline":
+        if msg.get("tool_calls") and not prof.content_with_calls:
+            raise RenderError("template_cannot_express", f"{where}: message {src} has reasoning next to a tool call, "
+                              "and the template shows no text beside a call, so the reasoning cannot go inline; pass "
+                              "--reasoning drop, or use --prompt-format tool-prompt")
         body = msg.get("content") or ""
         return {**msg, "content": f"<think>\n{reasoning}\n</think>\n\n{body}" if body else f"<think>\n{reasoning}\n</think>"}
-    if prof.reasoning_field is None and prof.opens_thought:
-        return {**msg, "reasoning_content": reasoning}  # for its own per-turn sample (per_turn.py); history hides it
-    if prof.reasoning_field is None:
-        raise RenderError("template_cannot_express", f"{where}: message {src} has reasoning_content, and the template "
-                          "has no place for reasoning; pass --reasoning inline (<think>...</think> before the answer) "
-                          "or --reasoning drop")
-    return {**msg, prof.reasoning_field: reasoning}
+    return {**msg, prof.reasoning_field or "reasoning_content": reasoning}  # per-turn: history hides it
 
 
 def _filled(tool: dict) -> dict:

@@ -95,8 +95,10 @@ def _plain_identifier(name: str) -> bool:
 
 def _py_kwargs(args: dict[str, Any]) -> str:
     """`k=v, ...`; keys that are not plain identifiers go through `**{...}`, which `ast` still reads."""
-    plain = [f"{k}={_py_value(v)}" for k, v in args.items() if _plain_identifier(k)]
-    odd = {k: v for k, v in args.items() if not _plain_identifier(k)}
+    # ASCII keys only as `k=`: the exported chat templates write these calls too (export_prelude.jinja), and Jinja
+    # has no isidentifier.
+    plain = [f"{k}={_py_value(v)}" for k, v in args.items() if k.isascii() and _plain_identifier(k)]
+    odd = {k: v for k, v in args.items() if not (k.isascii() and _plain_identifier(k))}
     return ", ".join(plain + ([f"**{_py_value(odd)}"] if odd else []))
 
 

@@ -165,3 +165,37 @@ def test_a_template_with_its_own_place_for_reasoning_keeps_it():
     recipe = build_recipe(tok, None, "joint")
     assert recipe.reasoning is None
     assert export_chat_template(tok, recipe) == tok.chat_template
+
+
+def test_the_chatglm3_format_is_written_into_the_exported_template():
+    # chatglm3 replaces the whole template and reads rewritten messages (`metadata` = the called function,
+    # `observation` turns, tools on the system turn): the export's prelude rewrites a client's OpenAI-style
+    # messages that way: parallel calls answered out of order become call/result pairs, arguments Python
+    # literals (a key that is no identifier through **{...}), text before a call its own turn.
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather now.", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}, "n-days": {"type": "integer"},
+                                         "opts": {"type": "object"}}, "required": ["city"]}}}]
+    call = lambda i, args: {"id": i, "type": "function", "function": {"name": "get_weather", "arguments": args}}  # noqa: E731
+    record = validate_record({"id": "r", "tools": tools, "messages": [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Beijing and Paris?"},
+        {"role": "assistant", "content": "Checking.", "reasoning_content": "Two cities.", "tool_calls": [
+            call("a", {"city": "Beijing", "n-days": 2}), call("b", {"city": 'Pa"ris', "opts": {"x": [True, None, 1.5]}})]},
+        {"role": "tool", "tool_call_id": "b", "content": '{"t": 18}'}, {"role": "tool", "tool_call_id": "a", "content": "26"},
+        {"role": "assistant", "content": "26 and 18."}]})
+    tok = load_tokenizer(None, TEMPLATES / "chatglm3-6b.jinja")
+    want = render_with_mask(copy.deepcopy(record), tok, "chatglm3").text
+    recipe = build_recipe(tok, "chatglm3", "joint")
+    exported = load_tokenizer(None, TEMPLATES / "chatglm3-6b.jinja")
+    exported.chat_template = export_chat_template(tok, recipe)
+    got = exported.apply_chat_template(inference_messages(record), tools=tools, tokenize=False)
+    # ChatGLM3 ends a turn with the next role token: the build appends it after the last turn, which the
+    # template leaves open.
+    assert want.startswith(got) and want[len(got):] in recipe.stop_tokens
+    assert 'tool_call(city="Beijing", **{"n-days": 2})' in got and want.count("Two cities.") == 1
+    prompt = exported.apply_chat_template(inference_messages(record)[:-1], tools=tools, tokenize=False,
+                                          add_generation_prompt=True)
+    assert want.startswith(prompt) and "26 and 18." not in prompt
+    with pytest.raises(Exception, match="arguments as an object"):  # a JSON string cannot become Python literals
+        exported.apply_chat_template([*inference_messages(record)[:2], {"role": "assistant", "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}]}],
+            tools=tools, tokenize=False)

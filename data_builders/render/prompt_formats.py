@@ -119,6 +119,7 @@ def apply_prompt_format(record: Trajectory, name: str) -> tuple[Trajectory, str 
                 call = _loss(m, {"role": "assistant", "metadata": fn_name, "content": body})
                 if m.get("content"):  # text, then `<|assistant|>name` for the call, in one generation (as ChatGLM3)
                     out.append(_loss(m, {"role": "assistant", "content": m["content"]}))
+                    call.pop("reasoning_content", None)  # the reasoning opens the generation: with the text
                     call["continues_turn"] = True
                 out.append(call)
             elif m["role"] == "tool":

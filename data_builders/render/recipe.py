@@ -28,7 +28,7 @@ from ..errors import TrajtuneError
 
 RECIPE_VERSION = 1
 # Prompt formats whose rewrite of the messages `export_chat_template` can write into a chat template.
-EXPORTABLE_FORMATS = ("tool-prompt", "react")
+EXPORTABLE_FORMATS = ("tool-prompt", "react", "chatglm3")
 
 
 @dataclass(frozen=True)
@@ -114,14 +114,14 @@ def export_chat_template(tokenizer, recipe: RenderRecipe) -> str:
     """The chat template an export ships: the tokenizer's own, or, when the records were rewritten by a prompt
     format, a system fold or reasoning written inline, that rewrite (prompt_formats/export_prelude.jinja) followed by the tokenizer's
     template, so that `apply_chat_template(messages, tools=tools)` gives the text training saw. chatglm3 replaces
-    the whole template and reads messages already rewritten (`metadata`, `observation` turns): the export ships
-    that template."""
+    the whole template and reads messages already rewritten (`metadata`, `observation` turns): the prelude writes
+    OpenAI-style messages that way, in front of that template."""
     from .profile import profile_template, special_kwargs
     from .prompt_formats import FORMATS_DIR, format_template
 
     base = tokenizer.chat_template
-    if recipe.prompt_format is not None and recipe.prompt_format not in EXPORTABLE_FORMATS:
-        return format_template(recipe.prompt_format)
+    if recipe.prompt_format == "chatglm3":  # the format's own whole template, after the prelude's rewrite
+        base = format_template("chatglm3")
     profile = profile_template(base, tuple(sorted(special_kwargs(tokenizer).items())))
     if recipe.prompt_format is None and not profile.system_fold and recipe.reasoning != "inline":
         return base
@@ -132,7 +132,7 @@ def export_chat_template(tokenizer, recipe: RenderRecipe) -> str:
                 f"{{%- set tt_inline = {str(recipe.reasoning == 'inline').lower()} %}}"
                 f"{{%- set tt_no_tools = {'[]' if profile.needs_tool_list else 'none'} %}}\n")
     system_prompt = "{%- macro tt_system_prompt(system, tools) %}" + format_template(recipe.prompt_format) + \
-        "{%- endmacro %}\n" if recipe.prompt_format else ""
+        "{%- endmacro %}\n" if recipe.prompt_format in ("tool-prompt", "react") else ""
     return system_prompt + settings + (FORMATS_DIR / "export_prelude.jinja").read_text() + base
 
 

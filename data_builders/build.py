@@ -314,8 +314,8 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
     prompt_format = resolve_prompt_format(tok, cfg.prompt_format, options)
     if note := announce_prompt_format(tok, cfg.prompt_format, options):
         print(f"build: {note}", file=sys.stderr)
-    if any(_mentions(s.path, b'"reasoning_content"') for s in specs) and (
-            note := reasoning_notice(tok, prompt_format, options)):
+    reasoning_seen = any(_mentions(s.path, b'"reasoning_content"') for s in specs)
+    if reasoning_seen and (note := reasoning_notice(tok, prompt_format, options)):
         print(f"build: {note}", file=sys.stderr)
     job = RecordJob(tok, cfg.prompt_format, cfg.seq_len, cfg.overlong, cfg.dedup, decontam, options, cfg.turns)
     job_key = _hash(FORMAT_VERSION, tok_hash, cfg.prompt_format, repr(options), cfg.turns, cfg.seq_len, cfg.overlong,
@@ -435,7 +435,7 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
         # The prompt format records were rendered with ("auto" resolved: what the engine and export must use).
         "seq_len": cfg.seq_len, "prompt_format": prompt_format, "turns": turns, "seed": cfg.seed,
         # How records became text (render/recipe.py): train copies it into the export, whose chat template follows it.
-        "recipe": build_recipe(tok, prompt_format, decided or cfg.turns, options).to_dict(),
+        "recipe": build_recipe(tok, prompt_format, decided or cfg.turns, options, reasoning_seen).to_dict(),
         "records_in": int(sum(sizes)), "kept": int(ok.sum()), "dropped": sum(total_dropped.values()),
         "dropped_by_reason": dict(total_dropped), "truncated": int(truncated[ok].sum()),
         "decontamination": decontam and {"files": decontam.files, "n": decontam.n,

@@ -160,11 +160,78 @@ def test_reasoning_written_inline_is_written_by_the_exported_template(path):
 
 
 def test_a_template_with_its_own_place_for_reasoning_keeps_it():
-    # Qwen3 reads reasoning_content itself: nothing inline, nothing in the recipe, the export ships its template.
+    # Qwen3 reads reasoning_content itself: nothing inline, nothing in the recipe.
     tok = load_tokenizer(None, TEMPLATES / "qwen3.jinja")
     recipe = build_recipe(tok, None, "joint")
     assert recipe.reasoning is None
-    assert export_chat_template(tok, recipe) == tok.chat_template
+    record = validate_record({"id": "r", "messages": [{"role": "user", "content": "USRX1 2+2?"},
+                                                      {"role": "assistant", "content": "4.", "reasoning_content": "RSNX1"}]})
+    exported = load_tokenizer(None, TEMPLATES / "qwen3.jinja")
+    exported.chat_template = export_chat_template(tok, recipe)
+    assert exported.apply_chat_template(inference_messages(record), tokenize=False) == render_with_mask(record, tok).text
+
+
+def test_a_template_that_renders_client_messages_as_built_ships_as_it_is():
+    tok = load_tokenizer(None, TEMPLATES / "qwen2.5-instruct.jinja")
+    recipe = build_recipe(tok, None, "joint", reasoning_seen=False)
+    assert recipe.reasoning is None and export_chat_template(tok, recipe) == tok.chat_template
+    # Data with reasoning: written inline, so the export writes it inline too.
+    assert export_chat_template(tok, build_recipe(tok, None, "joint")) != tok.chat_template
+
+
+def _as_the_model_wrote_them(record: dict, tok) -> dict:
+    """The record with the call ids the model itself writes (Mistral's 9 alphanumerics, Kimi's functions.NAME:K):
+    what a client sends back. The build maps other ids to these; a Jinja template cannot (sha256)."""
+    from trajtune.data_builders.render.profile import kimi_call_id, profile_template, special_kwargs
+    from trajtune.data_builders.tool_calls import mistral_call_id
+
+    profile = profile_template(tok.chat_template, tuple(sorted(special_kwargs(tok).items())))
+    calls = [c for m in record["messages"] for c in m.get("tool_calls") or []]
+    if profile.ids_rendered and "[TOOL_CALLS]" in tok.chat_template:
+        ids = {c["id"]: mistral_call_id(c["id"]) for c in calls}
+    elif profile.ids_name_calls:
+        ids = {c["id"]: kimi_call_id(c["function"]["name"], k) for k, c in enumerate(calls)}
+    else:
+        return record
+    for m in record["messages"]:
+        for c in m.get("tool_calls") or []:
+            c["id"] = ids[c["id"]]
+        if "tool_call_id" in m:
+            m["tool_call_id"] = ids[m["tool_call_id"]]
+    return record
+
+
+def test_every_exported_template_renders_client_messages_as_the_build_did():
+    # The whole corpus x the battery shapes: what `apply_chat_template` (or vLLM) gives for the messages a client
+    # sends equals the build's text, whatever the profile reshaped (calls one per turn, arguments as JSON text,
+    # results as user or observation turns, strict alternation, tools on the system turn or listed in it, calls
+    # as text in the template's syntax, content as parts, the system folded), up to a stop token the build
+    # appends after a last turn the template leaves open.
+    import template_battery as tb
+
+    from trajtune.data_builders.render import RenderError
+    from trajtune.data_builders.render.prompt_formats import resolve_prompt_format
+    from trajtune.data_builders.render.recipe import client_messages
+
+    checked, wrong = 0, []
+    for path in tb.corpus_paths():
+        tok = tb.bare_tokenizer(path)
+        fmt = resolve_prompt_format(tok, "auto")
+        recipe = build_recipe(tok, fmt, "joint")
+        exported = tb.bare_tokenizer(path)
+        exported.chat_template = export_chat_template(tok, recipe)
+        for shape in tb.SHAPES:
+            record = _as_the_model_wrote_them(tb.shape_record(shape), tok)
+            try:
+                want = render_with_mask(copy.deepcopy(record), tok, fmt).text
+            except RenderError:
+                continue
+            got = exported.apply_chat_template(client_messages(record), tools=record.get("tools") or None,
+                                               tokenize=False)
+            checked += 1
+            if not (got == want or want.startswith(got) and want[len(got):] in recipe.stop_tokens):
+                wrong.append((path.stem, shape))
+    assert not wrong and checked >= 450
 
 
 def test_the_chatglm3_format_is_written_into_the_exported_template():

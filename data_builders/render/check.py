@@ -138,6 +138,8 @@ def describe_template(tokenizer, rows: list[tuple[str, str, str]], prompt_format
         folds.append("strict user/assistant alternation: tool results as user turns, same-role turns merged")
     if prof.fill_tool_fields:
         folds.append("missing tool descriptions given as \"\" (the template reads them unguarded)")
+    if prof.quote_results:
+        folds.append("tool results written JSON-quoted (the template's tojson of a string), as when served")
     if prof.ids_name_calls:
         folds.append("call ids written as functions.NAME:INDEX (the template writes the id where the name goes)")
     folds += [f"needs --template-kwargs {v}=VALUE" for v in prof.missing_vars]

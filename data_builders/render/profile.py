@@ -61,7 +61,7 @@ class TemplateProfile:
     content_with_calls: bool  # content next to calls survives rendering
     text_syntax: str | None  # for templates that ignore tool_calls: the model's call syntax
     tool_role: str  # role for tool results: "tool", "observation" (GLM-4) or "user"
-    quote_results: bool  # the template JSON-quotes string results (Llama-3.1): pass JSON results parsed
+    quote_results: bool  # the template JSON-quotes string results (Llama-3.1's tojson): kept, as served
     ids_rendered: bool  # call ids are visible in the text (Mistral: 9-char ids)
     strict_alternation: bool  # consecutive user (or assistant) messages are an error (Llama-2)
     needs_tool_list: bool  # the template loops over `tools` unguarded (Hermes-2-Pro): pass [] rather than None
@@ -97,7 +97,7 @@ def try_render(template: str, special: dict, messages: list[dict], tools=None,
 
 
 def with_call(msg_calls: list[dict], content, args_as_string: bool) -> dict:
-    calls = [{**c, "function": {**c["function"], "arguments": json.dumps(c["function"]["arguments"])
+    calls = [{**c, "function": {**c["function"], "arguments": json.dumps(c["function"]["arguments"], ensure_ascii=False)
                                 if args_as_string else c["function"]["arguments"]}} for c in msg_calls]
     return {"role": "assistant", "content": content, "tool_calls": calls}
 

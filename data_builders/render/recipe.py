@@ -57,9 +57,12 @@ class RenderRecipe:
         return cls(**data)
 
 
-def build_recipe(tokenizer, prompt_format: str | None, turns: str, options=None) -> RenderRecipe:
+def build_recipe(tokenizer, prompt_format: str | None, turns: str, options=None,
+                 reasoning_seen: bool = True) -> RenderRecipe:
     """The recipe of a build with `tokenizer` (its chat template), `--prompt-format` (resolved: not "auto"),
-    `turns` ("joint" or "per-turn", auto already decided) and the render options (options.RenderOptions)."""
+    `turns` ("joint" or "per-turn", auto already decided) and the render options (options.RenderOptions).
+    `reasoning_seen`: whether any record has reasoning_content (where none has, `reasoning` stays None: the
+    export then need not write it inline)."""
     from .options import RenderOptions
     from .shape import reasoning_placement
     from .stops import template_stop_tokens
@@ -80,7 +83,7 @@ def build_recipe(tokenizer, prompt_format: str | None, turns: str, options=None)
     place = reasoning_placement(profile, options or RenderOptions()) if profile is not None else None
     return RenderRecipe(prompt_format=prompt_format, call_syntax=syntax, turns=turns,
                         stop_tokens=template_stop_tokens(tokenizer).tokens(), template_kwargs=kwargs, folds=folds,
-                        reasoning=place if place in ("inline", "drop") else None,
+                        reasoning=place if reasoning_seen and place in ("inline", "drop") else None,
                         template_sha256=hashlib.sha256(template.encode()).hexdigest())
 
 
@@ -111,29 +114,89 @@ def reasoning_notice(tokenizer, prompt_format: str | None, options) -> str | Non
 
 
 def export_chat_template(tokenizer, recipe: RenderRecipe) -> str:
-    """The chat template an export ships: the tokenizer's own, or, when the records were rewritten by a prompt
-    format, a system fold or reasoning written inline, that rewrite (prompt_formats/export_prelude.jinja) followed by the tokenizer's
-    template, so that `apply_chat_template(messages, tools=tools)` gives the text training saw. chatglm3 replaces
-    the whole template and reads messages already rewritten (`metadata`, `observation` turns): the prelude writes
-    OpenAI-style messages that way, in front of that template."""
+    """The chat template an export ships, so that `apply_chat_template(messages, tools=tools)` on the messages a
+    client sends (OpenAI style: `loss` gone, content None on a call-only turn, arguments as objects, as vLLM
+    passes them) gives the text training saw. The tokenizer's own template where it already does, on every
+    battery case (check.py); else that template behind a prelude (prompt_formats/export_prelude.jinja) that
+    rewrites the messages as the build did: the prompt format, inline reasoning, and the reshapings the profile
+    measured (calls split one per turn, arguments as JSON text, results in the template's role, strict
+    alternation merged, tools where the template reads them, the system folded into the first user turn).
+    chatglm3 replaces the whole template and reads messages already rewritten (`metadata`, `observation`
+    turns): the prelude writes OpenAI-style messages that way, in front of that template. Not written by the
+    prelude: calls as text in a syntax the template ignores tool_calls for, Mistral's and Kimi's call ids, and
+    results the template JSON-quotes (Jinja cannot parse them)."""
     from .profile import profile_template, special_kwargs
     from .prompt_formats import FORMATS_DIR, format_template
 
     base = tokenizer.chat_template
     if recipe.prompt_format == "chatglm3":  # the format's own whole template, after the prelude's rewrite
         base = format_template("chatglm3")
-    profile = profile_template(base, tuple(sorted(special_kwargs(tokenizer).items())))
-    if recipe.prompt_format is None and not profile.system_fold and recipe.reasoning != "inline":
+    p = profile_template(base, tuple(sorted({**special_kwargs(tokenizer), **recipe.template_kwargs}.items())))
+    if recipe.prompt_format is None and recipe.reasoning != "inline" and renders_as_built(tokenizer, base, recipe):
         return base
-    fmt = json.dumps(recipe.prompt_format) if recipe.prompt_format else "none"
-    merge = recipe.prompt_format is not None and profile.strict_alternation  # (tool results exist only without one)
-    settings = (f"{{%- set tt_format = {fmt} %}}{{%- set tt_merge = {str(merge).lower()} %}}"
-                f"{{%- set tt_fold = {str(profile.system_fold).lower()} %}}"
-                f"{{%- set tt_inline = {str(recipe.reasoning == 'inline').lower()} %}}"
-                f"{{%- set tt_no_tools = {'[]' if profile.needs_tool_list else 'none'} %}}\n")
+    from ..tool_calls import ONE_CALL_PER_TURN
+
+    syntax = None if p.native_calls else recipe.call_syntax
+    one_call = syntax in ONE_CALL_PER_TURN if syntax else p.one_call_per_turn
+    flags = {"tt_format": recipe.prompt_format, "tt_merge": p.strict_alternation, "tt_fold": p.system_fold,
+             "tt_inline": recipe.reasoning == "inline", "tt_one_call": one_call, "tt_syntax": syntax,
+             "tt_args_string": p.args_as_string, "tt_content_none": p.content_none, "tt_tool_role": p.tool_role,
+             "tt_rsn_field": p.reasoning_field if recipe.reasoning is None else None,
+             "tt_parts": sorted(p.content_parts), "tt_needs_list": p.needs_tool_list, "tt_fill": p.fill_tool_fields,
+             "tt_where": p.tools_where}
+    settings = "".join(f"{{%- set {k} = {json.dumps(v)} %}}" for k, v in flags.items()) + "\n"
+    settings = settings.replace("= true %", "= True %").replace("= false %", "= False %").replace("= null %", "= None %")
     system_prompt = "{%- macro tt_system_prompt(system, tools) %}" + format_template(recipe.prompt_format) + \
         "{%- endmacro %}\n" if recipe.prompt_format in ("tool-prompt", "react") else ""
     return system_prompt + settings + (FORMATS_DIR / "export_prelude.jinja").read_text() + base
+
+
+def client_messages(record: dict) -> list[dict]:
+    """The record's messages as a chat client sends them: no trajtune `loss` flags, content None where a
+    call-only turn has none."""
+    out = []
+    for m in record["messages"]:
+        m = {k: v for k, v in m.items() if k not in ("loss", "continues_turn")}
+        if m["role"] == "assistant" and m.get("tool_calls") and not m.get("content"):
+            m["content"] = None
+        out.append(m)
+    return out
+
+
+def renders_as_built(tokenizer, template: str, recipe: RenderRecipe) -> bool:
+    """Whether `template`, given client messages (`client_messages`), renders every battery case (check.py) the
+    recipe's build renders as the build's text (up to a stop token the build appends after an open last turn);
+    cases the build declines are skipped."""
+    import copy
+
+    from ..trajectory import validate_record
+    from .check import BATTERY
+    from .errors import RenderError
+    from .mask import render_with_mask
+    from .options import RenderOptions
+    from .profile import profile_template, render_text, special_kwargs
+    from .shape import reasoning_placement
+
+    options = RenderOptions(tuple(sorted(recipe.template_kwargs.items())), reasoning=recipe.reasoning or "auto")
+    special = {**special_kwargs(tokenizer), **recipe.template_kwargs}
+    for record in BATTERY.values():
+        record = validate_record(copy.deepcopy(record))
+        if recipe.reasoning is None and any(m.get("reasoning_content") for m in record["messages"]):
+            # Reasoning in the data went to the template's own field, or there was none: a case that would write
+            # it inline says nothing of this build.
+            if reasoning_placement(profile_template(template, tuple(sorted(special.items()))), options) == "inline":
+                continue
+        try:
+            want = render_with_mask(copy.deepcopy(record), tokenizer, recipe.prompt_format, options=options).text
+        except (RenderError, TrajtuneError):
+            continue
+        try:
+            got = render_text(template, client_messages(record), record.get("tools") or None, False, special)
+        except Exception:  # the template rejects what a client sends
+            return False
+        if got != want and not (want.startswith(got) and want[len(got):] in recipe.stop_tokens):
+            return False
+    return True
 
 
 def load_recipe(model_dir: str | Path) -> RenderRecipe | None:

@@ -146,13 +146,8 @@ def template_messages(record: Trajectory, template: str, prof: TemplateProfile, 
             msg = {"role": prof.tool_role, "content": content or "", "name": m.get("name", "")}
             if "tool_call_id" in m:
                 msg["tool_call_id"] = ids.get(m["tool_call_id"], m["tool_call_id"])
-            if prof.quote_results:
-                try:
-                    parsed = json.loads(msg["content"])
-                    if isinstance(parsed, (dict, list)):
-                        msg["content"] = parsed  # so the template's tojson writes the JSON, not a quoted string
-                except json.JSONDecodeError:
-                    pass
+            # A template that JSON-quotes results (Llama 3.1's tojson of a string) gets the string as a client
+            # sends it: trained text = what the template writes when the model is served with it.
         if role == "assistant" and "reasoning_content" in m:
             msg = _with_reasoning(msg, m["reasoning_content"], prof, opts, src, where)
         if role in prof.content_parts and isinstance(msg.get("content"), str):

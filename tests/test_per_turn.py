@@ -111,6 +111,47 @@ def test_gpt_oss_calls_end_with_call_and_keep_their_analysis(toks):
     assert cell.verdict == "correct", cell.detail
 
 
+def test_glm_5_1_call_turns_end_with_the_observation_token_it_writes_next():
+    # GLM-5.1 opens <think> in its generation prompt, so it renders per turn, where each target is its message last:
+    # after a last call the template writes only `</tool_call>`, and `<|observation|>` (where GLM stops) once the
+    # result follows; that token is appended, as after a last answer. These were declined no_stop_token.
+    tok = tb.bare_tokenizer(CORPUS / "glm-5.1.jinja")
+    assert targets(assert_exact(tok, tb.shape_record("single_call"))) == [
+        "</think><tool_call>lookup_fnx1<arg_key>query</arg_key><arg_value>ARGX1</arg_value></tool_call><|observation|>",
+        "</think>ASTX3 here you go.<|user|>"]
+    for shape in ("single_call", "parallel_calls", "second_round", "content_and_call"):
+        cell = tb.grade("glm-5.1", shape, tok, turns="auto")
+        assert cell.verdict == "correct", (shape, cell.detail, cell.message)
+
+
+def test_nemotron_3_nano_turns_without_a_thought_close_the_opened_one():
+    # Its generation prompt opens `<think>\n`, and it writes a message without reasoning as `<think></think>ANSWER`:
+    # after that prompt the model writes the empty thought's close, then the answer, as the template writes them
+    # (these were declined: "the template writes </think> after the generation prompt opened <think>").
+    tok = tb.bare_tokenizer(CORPUS / "nemotron-3-nano.jinja")
+    assert targets(assert_exact(tok, tb.shape_record("multi_turn_system"))) == [
+        "</think>ASTX1 here you go.<|im_end|>", "</think>ASTX2 here you go.<|im_end|>"]
+    call = targets(assert_exact(tok, tb.shape_record("content_and_call")))[0]
+    assert call.startswith("</think>ASTX10 let me look.\n<tool_call>\n<function=lookup_fnx6>")
+    assert call.endswith("</tool_call>\n<|im_end|>") and call.count("</think>") == 1
+    # A message with its own reasoning keeps it, as the template writes it after the opened thought.
+    assert targets(assert_exact(tok, tb.shape_record("reasoning")))[0] == \
+        "RSNX1 think first.\n</think>\nASTX8 here you go.<|im_end|>"
+    for shape in tb.SHAPES:
+        cell = tb.grade("nemotron-3-nano", shape, tok, turns="auto")
+        assert cell.verdict == "correct", (shape, cell.detail, cell.message)
+
+
+def test_deepseek_r1_second_call_turn_written_without_its_header_is_declined_naming_it():
+    # R1's template never resets `ns.is_first`: a later call turn is written right after the user's text, without the
+    # `<｜Assistant｜>` its generation prompt ends with. The per-turn search for that header found the first call
+    # turn's and took that turn as the target (declined only because a call name was missing from it).
+    tok = tb.bare_tokenizer(CORPUS / "deepseek-r1.jinja")
+    out = render_samples([tb.shape_record("second_round")], tok)[0]
+    assert isinstance(out, RenderError) and out.reason == "not_prefix_stable", out
+    assert "message 6" in str(out) and "'<｜Assistant｜>'" in str(out) and "'\\n<｜tool▁call▁begin｜>" in str(out)
+
+
 def test_auto_is_decided_per_template(toks):
     assert template_turns(toks["qwen2.5"]) == "joint"
     assert template_turns(toks["qwen3"]) == "joint"

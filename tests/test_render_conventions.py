@@ -11,6 +11,7 @@ import template_battery as tb
 from trajtune.data_builders.errors import TrajtuneError
 from trajtune.data_builders.render import RenderError, profile_template, render_with_mask, special_kwargs
 from trajtune.data_builders.render.options import RenderOptions
+from trajtune.data_builders.render.per_turn import render_samples
 from trajtune.data_builders.trajectory import validate_record
 from trajtune.launcher.cli import main
 
@@ -167,6 +168,20 @@ def test_text_next_to_a_call_is_never_dropped_silently():
         _render("llama-3.1-instruct", "content_and_call")
     r, trained = _render("llama-3.1-instruct", "content_and_call", call_content="drop")
     assert trained[0] == '{"name": "lookup_fnx6", "parameters": {"query": "ARGX6"}}<|eot_id|>' and "ASTX10" not in r.text
+
+
+def test_text_next_to_a_call_the_template_writes_as_two_turns_when_last_is_declined_naming_call_content():
+    """Nemotron Nano 2 writes text and call as one turn in history, but as the last message (what a generation is
+    trained as) it ends the turn after the text and writes the call as a turn of its own: the per-turn target was the
+    text alone, declined as "lacks 'lookup_fnx6' (the template drops it)"."""
+    tok = tb.bare_tokenizer(_path("nvidia-nemotron-nano-9b-v2"))
+    assert not profile_template(tok.chat_template, tuple(sorted(special_kwargs(tok).items()))).content_with_calls
+    out = render_samples([tb.shape_record("content_and_call")], tok)[0]
+    assert isinstance(out, RenderError) and out.reason == "template_cannot_express" and "--call-content drop" in str(out)
+    got = render_samples([tb.shape_record("content_and_call")], tok, options=RenderOptions(call_content="drop"))[0]
+    runs = [run for s in got.samples for run in _trained(tok, s)]
+    assert runs[0].endswith('<TOOLCALL>[{"name": "lookup_fnx6", "arguments": {"query": "ARGX6"}}]</TOOLCALL><SPECIAL_12>')
+    assert runs[1:] == ["ASTX11 here you go.\n<SPECIAL_12>"] and not any("ASTX10" in s.text for s in got.samples)
 
 
 # ---------------------------------------------------------------------------------------------------------

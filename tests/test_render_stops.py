@@ -18,6 +18,7 @@ from trajtune.data_builders.render import (
     special_kwargs,
     template_stop_tokens,
 )
+from trajtune.data_builders.render.per_turn import render_samples
 from trajtune.data_builders.tokenizer import byte_level_tokenizer
 from trajtune.data_builders.trajectory import validate_record
 from trajtune.launcher.cli import main
@@ -64,12 +65,44 @@ def test_gemma_turns_end_at_end_of_turn_with_a_tokenizer_whose_eos_is_eos():
     (TEMPLATES / "deepseek-v3.jinja", {"answer": "<｜end▁of▁sentence｜>", "call": "<｜end▁of▁sentence｜>"}),
     # Command R's `Action:` turn is followed by the next turn's header, never closed: no stop, so declined.
     (CORPUS / "command-r-v01-tool_use.jinja", {"answer": "<|END_OF_TURN_TOKEN|>", "call": None}),
+    # GLM-4.5 / 5.1 write `</tool_call>` after a last call, then `<|observation|>` once its result follows.
+    (CORPUS / "glm-4.5.jinja", {"call": "<|observation|>", "call_last": "<|observation|>"}),
+    (CORPUS / "glm-5.1.jinja", {"call": "<|observation|>", "call_last": "<|observation|>"}),
 ])
 def test_stop_tokens_per_kind_of_message_are_read_from_probe_renders(path, want):
     stops = template_stop_tokens(tb.bare_tokenizer(path))
     assert {k: stops.of(k) for k in want} == want
-    if path.stem == "glm-4-9b-chat":
+    if path.stem.startswith("glm-"):
         assert stops.open_last == {"answer", "call_last"}
+
+
+@pytest.mark.parametrize("path", [TEMPLATES / "deepseek-v3.jinja", CORPUS / "deepseek-r1-0528-qwen3-8b.jinja",
+                                  CORPUS / "deepseek-r1-distill-qwen-32b.jinja"])
+def test_a_call_turn_closed_only_after_a_second_call_is_declined_naming_that(path):
+    """These templates write `<｜tool▁calls▁end｜><｜end▁of▁sentence｜>` inside their loop over the calls, after each
+    call but the first: a turn with one call is never closed (the model writes that close, the template does not).
+    It was declined as "no end-of-turn token after message 2"; now the message says why and what to do."""
+    tok = tb.bare_tokenizer(path)
+    assert template_stop_tokens(tok).multi_call_only == {"call", "call_last"}
+    out = render_samples([tb.shape_record("single_call")], tok)[0]
+    assert isinstance(out, RenderError) and out.reason == "no_stop_token", out
+    assert "only after a second call" in str(out) and "--prompt-format tool-prompt" in str(out)
+    assert tb.grade(path.stem, "parallel_calls", tok, turns="auto").verdict == "correct"  # two calls: closed
+    fixed = tb.grade(path.stem, "single_call", tok, prompt_format="tool-prompt", turns="auto")
+    assert fixed.verdict == "correct" and fixed.trained[0].endswith("```<｜end▁of▁sentence｜>")
+
+
+def test_command_r_call_turns_the_template_never_closes_are_declined_naming_what_to_do():
+    """Command R's template writes the next turn's header right after an `Action:` block: no stop is invented; the
+    decline names the options (its own template closing call turns, or tool-prompt, whose turns it closes)."""
+    tok = tb.bare_tokenizer(CORPUS / "command-r-v01-tool_use.jinja")
+    with pytest.raises(RenderError) as e:
+        render_with_mask(tb.shape_record("single_call"), tok)
+    assert e.value.reason == "no_stop_token" and "<|START_OF_TURN_TOKEN|>" in str(e.value)
+    assert "--template FILE.jinja" in str(e.value) and "--prompt-format tool-prompt" in str(e.value)
+    r = render_with_mask(tb.shape_record("single_call"), tok, "tool-prompt")
+    assert _trained(tok, r) == ['```json\n{"name": "lookup_fnx1", "parameters": {"query": "ARGX1"}}\n```'
+                                "<|END_OF_TURN_TOKEN|>", "ASTX3 here you go.<|END_OF_TURN_TOKEN|>"]
 
 
 @pytest.mark.parametrize("stem, eos", [

@@ -128,6 +128,7 @@ def describe_template(tokenizer, rows: list[tuple[str, str, str]], prompt_format
     lines.append("stop tokens: " + "; ".join(
         f"{what}: {stops.of(kind) or 'none (declined)'}" + (" (appended: the template leaves the last turn open)"
                                                              if kind in stops.open_last else "")
+        + (" (written only after two or more calls: one call is declined)" if kind in stops.multi_call_only else "")
         for kind, what in KINDS.items()))
     folds = []
     if prof.system_fold:

@@ -11,10 +11,12 @@ message `i`, the sample is
 which is what the model sees and writes at inference. The target is read off the template's own render of
 `messages[:i+1]` (message i last): after the context, or, where the template writes the history differently once
 a turn follows it (Hermes' newline after a result, harmony dropping a call's analysis before a final answer),
-after the last generation header; where the generation prompt opens a thought (`<think>\\n`)
+after the last generation header past the text it shares with the context; where the generation prompt opens a thought (`<think>\\n`)
 that the template does not write for a finished message (QwQ, R1 distills), the target is the thought
 (`reasoning_content`, or the part of the content before `</think>`, empty if none), `\\n</think>\\n\\n`, then
-the answer as the template writes it. Context and target are tokenized apart (the context exactly as
+the answer as the template writes it; where it writes a message that has no reasoning with an empty thought
+(`<think></think>ANSWER`, Nemotron 3), the target is that thought's close and the answer, as written
+(`</think>ANSWER`). Context and target are tokenized apart (the context exactly as
 `apply_chat_template(..., tokenize=True)` gives it), so no token can straddle them.
 
 `render_samples(records, tokenizer, prompt_format, turns)` is the build's entry point: one list of samples per
@@ -35,7 +37,7 @@ from .errors import RenderError
 from .mask import Rendered, prepare_record, render_batch, render_with_mask
 from .options import RenderOptions
 from .shape import TemplateMessage
-from .spans import RenderContext, check_pieces, close_turn, group_end, render_or_raise
+from .spans import RenderContext, check_pieces, close_turn, common_prefix, group_end, render_or_raise
 from .stops import kind_of
 
 TURNS = ("auto", "joint", "per-turn")
@@ -63,7 +65,9 @@ def turn_texts(ctx: RenderContext, msgs: list[TemplateMessage], tools, where: st
             history = render_or_raise(ctx, plain[:j], tools, False, where, f"the history before message {m.src}")
             header = prompt[len(history):] if prompt.startswith(history) else ""
             at = alone.rfind(header) if header else -1
-            start = at + len(header) if at >= 0 else None
+            # Only a header not wholly inside the text alone shares with the prompt opens this message: one inside it
+            # is an earlier turn's (DeepSeek-R1 writes a second call turn without its header).
+            start = at + len(header) if at >= 0 and at + len(header) > len(common_prefix(alone, prompt)) else None
         kind = kind_of(msgs[g].calls, True)  # every target is what the model generates as the last message
         if start is not None:
             rendered = alone
@@ -106,18 +110,25 @@ def _thought_target(ctx: RenderContext, alone: str, prompt: str, history: str, p
     base = header[:opened.start()] if opened else ""  # the header without the opened thought
     tail = alone[len(history):]
     if opened is None or not alone.startswith(history) or not tail.startswith(base):
+        part = len(common_prefix(alone, prompt))
         raise RenderError("not_prefix_stable", f"{where}: message {src} rendered as the last turn does not start "
-                          f"with the generation prompt {header!r}, so what the model generates "
-                          "cannot be located; no per-turn sample either")
+                          f"with the generation prompt {header!r}: after the text they share, the template writes "
+                          f"{alone[part:part + 40]!r} where the prompt writes {prompt[part:part + 40]!r}, so what the "
+                          "model generates after that prompt is not in its render; no per-turn sample either")
     tag = opened.group(1)
     close = f"</{tag}>"
     at = len(history) + len(base)
     alone, _, end = close_turn(ctx, alone, at, kind, src, where)
     answer = alone[at:end].lstrip("\n")
+    thought = _thought_of(parts[0].msg, tag)
+    empty = f"<{tag}>{close}"
+    if not thought and answer.startswith(empty) and close not in answer[len(empty):]:
+        # The template writes this message with an empty thought (Nemotron 3: `<think></think>ANSWER`): after the
+        # prompt's opened thought the model writes just its close, then the answer, all as the template writes them.
+        return answer[len(f"<{tag}>"):]
     if close in answer:
         raise RenderError("mask_mismatch", f"{where}: message {src}: the template writes {close} after the "
                           f"generation prompt opened <{tag}>: the model's thought cannot be told apart")
-    thought = _thought_of(parts[0].msg, tag)
     if close in thought:
         raise RenderError("mask_mismatch", f"{where}: message {src}: its reasoning contains {close}, where the "
                           "model would end its thought")

@@ -142,6 +142,13 @@ def shows_call(text: str | None, i: int = 1, name: str = "probe_fn", json_only: 
     return re.search(rf'"probe_key": ?"probe_v{i}"', after) is not None if json_only else f"probe_v{i}" in after
 
 
+def _text_to_call(text: str | None) -> str | None:
+    """What a probe render writes from the probe text `probe_said` to the call's name after it (None if not both)."""
+    at = (text or "").find("probe_said")
+    to = (text or "").find("probe_fn", at)
+    return text[at:to] if text and at >= 0 and to >= 0 else None
+
+
 @lru_cache(maxsize=64)
 def profile_template(template: str, special_items: tuple = ()) -> TemplateProfile:
     """Measure how `template` shows tools, calls and results by rendering small probe conversations."""
@@ -200,10 +207,10 @@ def profile_template(template: str, special_items: tuple = ()) -> TemplateProfil
 
     state = {"named": False}  # probe call ids as Kimi K2's functions.NAME:INDEX
 
-    def call_render(calls: list[dict], content, as_string: bool) -> str | None:
+    def call_render(calls: list[dict], content, as_string: bool, after: tuple[dict, ...] = ()) -> str | None:
         if state["named"]:
             calls = [{**c, "id": kimi_call_id(c["function"]["name"], k)} for k, c in enumerate(calls)]
-        return try_render(template, special, base + [with_call(calls, content, as_string)], tools)
+        return try_render(template, special, base + [with_call(calls, content, as_string), *after], tools)
 
     # Native calls: first as JSON arguments, then in any syntax that shows the argument values (Qwen3-Coder's
     # <parameter=probe_key>probe_v1, GLM-4.5's <arg_value>probe_v1): the template's own text is what is trained.
@@ -241,6 +248,12 @@ def profile_template(template: str, special_items: tuple = ()) -> TemplateProfil
     if out is None or "probe_out" not in out:
         tool_role = "user"
     quote_results = out is not None and '\\"probe_out\\"' in out
+    if with_content and native is not None:
+        # Text and call must be one turn as a generation too: written alike when the message is last and when its
+        # result follows (Nemotron Nano 2, when it is last, ends the turn after the text and writes the call as a
+        # turn of its own).
+        followed = call_render([probe_call()], "probe_said", as_string, ({**result, "role": tool_role},))
+        with_content = followed is None or _text_to_call(said) == _text_to_call(followed)
     strict = try_render(template, special, [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}],
                         no_tools) is None
     # Reasoning: the field the template shows for the last assistant turn (gpt-oss reads `thinking`).

@@ -127,8 +127,9 @@ def template_messages(record: Trajectory, template: str, prof: TemplateProfile, 
                 if content and not prof.content_with_calls:
                     if opts.call_content != "drop":
                         raise RenderError("template_cannot_express", f"{where}: message {src} has text next to a tool "
-                                          "call, and the template shows only one of them; pass --call-content drop to "
-                                          "train the call alone, or use --prompt-format tool-prompt, which shows both")
+                                          "call, and the template cannot write both as one turn (it shows only one of "
+                                          "them, or ends the turn between them); pass --call-content drop to train "
+                                          "the call alone, or use --prompt-format tool-prompt, which shows both")
                     content = None
                 msg = with_call([{**c, "id": ids.get(c["id"], c["id"])} for c in calls],
                                  content if content else (None if prof.content_none else ""), prof.args_as_string)

@@ -42,12 +42,13 @@ def find_header(full: str, prompt: str, history: str) -> int | None:
     if not prompt.startswith(history) or len(prompt) == len(history):
         return None
     header = prompt[len(history):]
-    common = len(_common_prefix(full, prompt))
+    common = len(common_prefix(full, prompt))
     pos = full.find(header, max(0, common - len(header)))
     return None if pos < 0 else pos + len(header)
 
 
-def _common_prefix(a: str, b: str) -> str:
+def common_prefix(a: str, b: str) -> str:
+    """The longest text both `a` and `b` start with."""
     import os
 
     return os.path.commonprefix([a, b])
@@ -144,6 +145,7 @@ def close_turn(ctx: RenderContext, full: str, start: int, kind: str, src: int, w
         tail = ctx.stops.tails.get(kind, "")
         unknown = [t for t in special_tokens_of(tail) if t not in ctx.added]
         fix = (f"{unknown[0]!r} there is no token of this tokenizer: add it as a special token" if unknown else
+               _CALL_FIX if kind in ("call", "call_last") else
                "check the template (trajtune render --check-template T.jinja) or use one that closes its turns")
         raise RenderError("no_stop_token", f"{where}: message {src} is {KINDS[kind]}, and the template writes no "
                           f"end-of-turn token after such a message (it writes {tail[:60]!r}), so where generation "
@@ -153,7 +155,23 @@ def close_turn(ctx: RenderContext, full: str, start: int, kind: str, src: int, w
         return full, pos, pos + len(stop)
     if kind in ctx.stops.open_last:
         return full + stop, len(full), len(full) + len(stop)
+    if kind in ctx.stops.multi_call_only:
+        raise unclosed_call(ctx, kind, full[start:], src, where)
     raise RenderError("mask_mismatch", f"{where}: no end-of-turn token {stop!r} after message {src}")
+
+
+def unclosed_call(ctx: RenderContext, kind: str, turn: str, src: int, where: str) -> RenderError:
+    """The decline of message `src`, a call turn of `kind` (in `StopTokens.multi_call_only`) that the template wrote
+    as `turn` with no stop: it closes such a turn only after a second call (DeepSeek-V3)."""
+    return RenderError("no_stop_token", f"{where}: message {src} is {KINDS[kind]}, and the template closes such a turn "
+                       f"({ctx.stops.of(kind)!r}) only after a second call (it writes the close inside its loop over "
+                       f"the calls), so a turn with one call ends {turn[-40:]!r} and where generation stops cannot be "
+                       f"trained; {_CALL_FIX}")
+
+
+# What a user can do about a call turn the template does not close: nothing the template did not write is appended.
+_CALL_FIX = ("pass a template that closes its call turns (--template FILE.jinja), or --prompt-format tool-prompt, which "
+             "writes calls as ```json``` text in turns the template closes (a call syntax of its own, not the model's)")
 
 
 def _kind(msgs: list[TemplateMessage], g: int) -> str:
@@ -247,8 +265,12 @@ def spans_by_prefix(ctx: RenderContext, msgs: list[TemplateMessage], tools, wher
         # with it when the template gives only the last turn a preamble (Qwen3's empty <think></think>).
         alone = render_or_raise(ctx, plain[:g + 1], tools, False, where, f"message {m.src} as the last turn")
         a_start = len(prompt) if alone.startswith(prompt) else find_header(alone, prompt, history or "")
-        last_stop = ctx.stops.of(kind_of(msgs[g].calls, True))
+        last_kind = kind_of(msgs[g].calls, True)
+        last_stop = ctx.stops.of(last_kind)
         alone_stop = alone.find(last_stop, a_start or 0) if last_stop else -1
+        if alone_stop < 0 and a_start is not None and last_kind in ctx.stops.multi_call_only:
+            # The stop close_turn found in `full` is a later turn's: this one is never closed.
+            raise unclosed_call(ctx, _kind(msgs, g), alone[a_start:], m.src, where)
         got, want = full[start:body_end], alone[a_start or 0:alone_stop if alone_stop >= 0 else len(alone)]
         if a_start is None or not (got == want or (got and want.endswith(got))):
             why = ("the template does not close this turn with an end-of-turn token" if got.startswith(want)

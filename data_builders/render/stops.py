@@ -15,9 +15,13 @@ tokenizer in use (so a stop is always whole tokens of it):
   the next turn has begun and the template wrote no stop: there is none (DeepSeek-V3's call turns,
   Command-R's `Action:` turns);
 - the first other token is the stop.
-A template that writes nothing at all after the last message (GLM: the model ends its turn by emitting the
-next role token `<|user|>` / `<|observation|>`) gets the stop it writes when another turn follows, appended
-after the last message (`StopTokens.open_last`): the template's own token for that message, never the eos.
+A template that writes after the last message only what it writes before the stop when another turn follows
+(GLM: nothing after an answer, `</tool_call>` after a call; the model ends its turn by emitting the next role token
+`<|user|>` / `<|observation|>`) gets that stop appended after the last message (`StopTokens.open_last`): the
+template's own token for that message, written where the template writes it, never the eos.
+Calls are probed with one call, then two: DeepSeek-V3's template writes its call turn's close inside its loop over
+the calls, so only a turn with two or more calls is closed (`StopTokens.multi_call_only`: such records are declined
+naming that, never closed by a token the template did not write).
 """
 
 from __future__ import annotations
@@ -41,14 +45,16 @@ _OPENER_WORDS = {"start", "begin", "bos", "bom"}
 @dataclass(frozen=True)
 class StopTokens:
     """The stop token per kind of message (KINDS), None where the template writes none; `open_last`: the kinds
-    (answer, call_last) whose stop the template writes only when another turn follows, to be appended; `tails`:
-    what the template writes after each kind (for messages and `--check-template`)."""
+    (answer, call_last) whose stop the template writes only when another turn follows, to be appended;
+    `multi_call_only`: the call kinds it closes only when the message holds two or more calls; `tails`: what the
+    template writes after each kind (for messages and `--check-template`)."""
 
     answer: str | None = None
     history: str | None = None
     call: str | None = None
     call_last: str | None = None
     open_last: frozenset[str] = frozenset()
+    multi_call_only: frozenset[str] = frozenset()  # call kinds whose stop the template writes only after 2+ calls
     tails: dict[str, str] = field(default_factory=dict, compare=False)
 
     def of(self, kind: str) -> str | None:
@@ -149,10 +155,12 @@ def stop_tokens_of(template: str, special_items: tuple, added: tuple[str, ...]) 
         probes += [("call", tools, [user, calling, *results]), ("call_last", tools, [user, calling])]
     found: dict[str, str | None] = {}
     tails: dict[str, str] = {}
-    bare_tail: dict[str, bool] = {}
+    unclosed: set[str] = set()  # kinds whose one-call probe rendered, with no stop after it
     for kind, kind_tools, messages in probes:
         if found.get(kind) is not None:
             continue
+        if kind in tails:
+            unclosed.add(kind)
         try:
             msgs, kw_tools = template_messages({"id": "probe", "tools": kind_tools or [], "messages": messages},
                                                template, prof, "probe")
@@ -175,11 +183,16 @@ def stop_tokens_of(template: str, special_items: tuple, added: tuple[str, ...]) 
                           u) if token_re else u
         tail = text[end:nxt if nxt >= 0 else len(text)]
         tails[kind] = tail
-        bare_tail[kind] = token_re is None or token_re.search(tail) is None
         found[kind] = read_stop(tail, text[body_start:end], token_re, header_tokens)
     open_last = set()
     for last, followed in (("answer", "history"), ("call_last", "call")):
-        if found.get(last) is None and bare_tail.get(last) and found.get(followed) is not None:
-            found[last] = found[followed]  # the template leaves the last turn open (GLM): its next-turn token
+        stop = found.get(followed)
+        # The template leaves the last turn open (GLM): after it, it writes exactly what it writes before the
+        # next-turn token when a turn follows (nothing, or `</tool_call>`), so that token goes right there.
+        if found.get(last) is None and stop is not None and last in tails and \
+                tails.get(followed, "").startswith(tails[last] + stop):
+            found[last] = stop
             open_last.add(last)
-    return StopTokens(**{k: found.get(k) for k in KINDS}, open_last=frozenset(open_last), tails=tails)
+    multi = frozenset(k for k in unclosed if found.get(k) is not None and k not in open_last)
+    return StopTokens(**{k: found.get(k) for k in KINDS}, open_last=frozenset(open_last), multi_call_only=multi,
+                      tails=tails)

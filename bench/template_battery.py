@@ -83,8 +83,9 @@ def main() -> None:
     ap.add_argument("--mode", choices=["bare", "model", "both"], default="both", help="which tokenizer(s)")
     ap.add_argument("--only", default="", help="only templates whose name contains this text")
     ap.add_argument("--json", default=None, help="write every cell (asdict) to this file")
-    ap.add_argument("--turns", choices=["joint", "auto", "per-turn"], default="joint",
-                    help="joint: render_with_mask; auto / per-turn: the build's samples (render_samples)")
+    ap.add_argument("--turns", choices=["joint", "auto", "per-turn"], default="auto",
+                    help="auto (what trajtune build trains) / per-turn: the build's samples (render_samples); joint: "
+                         "render_with_mask alone")
     args = ap.parse_args()
 
     paths = [p for p in tb.corpus_paths() if args.only in p.stem]

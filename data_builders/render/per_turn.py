@@ -114,7 +114,9 @@ def _thought_target(ctx: RenderContext, alone: str, prompt: str, history: str, p
         raise RenderError("not_prefix_stable", f"{where}: message {src} rendered as the last turn does not start "
                           f"with the generation prompt {header!r}: after the text they share, the template writes "
                           f"{alone[part:part + 40]!r} where the prompt writes {prompt[part:part + 40]!r}, so what the "
-                          "model generates after that prompt is not in its render; no per-turn sample either")
+                          "model generates after that prompt is not in its render; no per-turn sample either. Pass a "
+                          "template that writes the turn's header (--template FILE.jinja), or --prompt-format "
+                          "tool-prompt")
     tag = opened.group(1)
     close = f"</{tag}>"
     at = len(history) + len(base)

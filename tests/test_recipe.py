@@ -187,7 +187,7 @@ def _as_the_model_wrote_them(record: dict, tok) -> dict:
 
     profile = profile_template(tok.chat_template, tuple(sorted(special_kwargs(tok).items())))
     calls = [c for m in record["messages"] for c in m.get("tool_calls") or []]
-    if profile.ids_rendered and "[TOOL_CALLS]" in tok.chat_template:
+    if "[TOOL_CALLS]" in tok.chat_template:
         ids = {c["id"]: mistral_call_id(c["id"]) for c in calls}
     elif profile.ids_name_calls:
         ids = {c["id"]: kimi_call_id(c["function"]["name"], k) for k, c in enumerate(calls)}
@@ -232,6 +232,40 @@ def test_every_exported_template_renders_client_messages_as_the_build_did():
             if not (got == want or want.startswith(got) and want[len(got):] in recipe.stop_tokens):
                 wrong.append((path.stem, shape))
     assert not wrong and checked >= 450
+
+
+def test_every_exported_template_prompts_as_the_per_turn_samples_were_trained():
+    # Per turn, each sample's context is what the model was prompted with: the exported template, given the
+    # client's messages before a trained assistant message and add_generation_prompt, writes the same text.
+    import template_battery as tb
+
+    from trajtune.data_builders.render import RenderError
+    from trajtune.data_builders.render.per_turn import render_turns
+    from trajtune.data_builders.render.prompt_formats import resolve_prompt_format
+    from trajtune.data_builders.render.recipe import client_messages
+
+    checked, wrong = 0, []
+    for path in tb.corpus_paths():
+        tok = tb.bare_tokenizer(path)
+        fmt = resolve_prompt_format(tok, "auto")
+        exported = tb.bare_tokenizer(path)
+        exported.chat_template = export_chat_template(tok, build_recipe(tok, fmt, "per-turn"))
+        for shape in tb.SHAPES:
+            record = _as_the_model_wrote_them(tb.shape_record(shape), tok)
+            try:
+                samples = render_turns(copy.deepcopy(record), tok, fmt)
+            except RenderError:
+                continue
+            contexts = {s.text[:s.trained_spans[0][0]] for s in samples}
+            messages = client_messages(record)
+            for i, m in enumerate(record["messages"]):
+                if m["role"] == "assistant" and m.get("loss", True):
+                    prompt = exported.apply_chat_template(messages[:i], tools=record.get("tools") or None,
+                                                          add_generation_prompt=True, tokenize=False)
+                    checked += 1
+                    if prompt not in contexts:
+                        wrong.append((path.stem, shape, i))
+    assert not wrong and checked >= 600
 
 
 def test_the_chatglm3_format_is_written_into_the_exported_template():

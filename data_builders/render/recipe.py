@@ -165,8 +165,8 @@ def client_messages(record: dict) -> list[dict]:
 
 def renders_as_built(tokenizer, template: str, recipe: RenderRecipe) -> bool:
     """Whether `template`, given client messages (`client_messages`), renders every battery case (check.py) the
-    recipe's build renders as the build's text (up to a stop token the build appends after an open last turn);
-    cases the build declines are skipped."""
+    recipe's build renders as the build's text (up to a stop token the build appends after an open last turn),
+    and prompts each trained turn as its per-turn sample's context; cases the build declines are skipped."""
     import copy
 
     from ..trajectory import validate_record
@@ -174,6 +174,7 @@ def renders_as_built(tokenizer, template: str, recipe: RenderRecipe) -> bool:
     from .errors import RenderError
     from .mask import render_with_mask
     from .options import RenderOptions
+    from .per_turn import render_turns
     from .profile import profile_template, render_text, special_kwargs
     from .shape import reasoning_placement
 
@@ -186,15 +187,27 @@ def renders_as_built(tokenizer, template: str, recipe: RenderRecipe) -> bool:
             # it inline says nothing of this build.
             if reasoning_placement(profile_template(template, tuple(sorted(special.items()))), options) == "inline":
                 continue
+        messages, tools = client_messages(record), record.get("tools") or None
         try:
             want = render_with_mask(copy.deepcopy(record), tokenizer, recipe.prompt_format, options=options).text
         except (RenderError, TrajtuneError):
-            continue
+            want = None
         try:
-            got = render_text(template, client_messages(record), record.get("tools") or None, False, special)
+            contexts = {s.text[:s.trained_spans[0][0]] for s in
+                        render_turns(copy.deepcopy(record), tokenizer, recipe.prompt_format, options)}
+        except (RenderError, TrajtuneError):
+            contexts = None
+        try:
+            if want is not None:
+                got = render_text(template, messages, tools, False, special)
+                if got != want and not (want.startswith(got) and want[len(got):] in recipe.stop_tokens):
+                    return False
+            # Each trained turn's prompt, as its per-turn sample was trained after it.
+            for i, m in enumerate(record["messages"]):
+                if contexts is not None and m["role"] == "assistant" and m.get("loss", True) and \
+                        render_text(template, messages[:i], tools, True, special) not in contexts:
+                    return False
         except Exception:  # the template rejects what a client sends
-            return False
-        if got != want and not (want.startswith(got) and want[len(got):] in recipe.stop_tokens):
             return False
     return True
 

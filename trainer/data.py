@@ -63,11 +63,20 @@ def data_identity(data_dir: str | Path, manifest: dict[str, Any]) -> str:
     return hashlib.sha256((Path(data_dir) / "manifest.json").read_bytes()).hexdigest()
 
 
-def check_fits_model(data_dir: str | Path, model: str) -> None:
+def load_data_tokenizer(data_dir: str | Path):
+    """The built dataset's tokenizer (DATA/tokenizer/, what the data was tokenized with), None without one."""
+    from transformers import AutoTokenizer
+
+    tok_dir = Path(data_dir) / "tokenizer"
+    return AutoTokenizer.from_pretrained(str(tok_dir)) if tok_dir.is_dir() else None
+
+
+def check_fits_model(data_dir: str | Path, model: str, tokenizer=None) -> None:
     """Raise TrajtuneError when the dataset's tokenizer (DATA/tokenizer) does not fit `model`'s config.json: a token
     id at or past the embedding rows (`vocab_size`), or a model eos id that is no token of the dataset's tokenizer
     (the data was tokenized with another vocabulary). Reads the config and the tokenizer only, never the weights.
-    A dataset without tokenizer/ is taken to use the model's own tokenizer (nothing to compare)."""
+    A dataset without tokenizer/ is taken to use the model's own tokenizer (nothing to compare). `tokenizer`: that
+    directory's tokenizer, already loaded (`load_data_tokenizer`), so it is not read twice."""
     from transformers import AutoConfig, AutoTokenizer
 
     tok_dir = Path(data_dir) / "tokenizer"
@@ -79,7 +88,7 @@ def check_fits_model(data_dir: str | Path, model: str) -> None:
         config = AutoConfig.from_pretrained(resolve_pretrained(model, "model"))
     except (OSError, ValueError) as e:
         raise TrajtuneError(f"model {model!r}: not a model directory with a config.json ({e})") from e
-    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(str(tok_dir))
     rows = getattr(config, "vocab_size", None) or config.get_text_config().vocab_size
     ids = set(tok.get_vocab().values())  # added tokens included
     n_ids = max(ids) + 1

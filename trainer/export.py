@@ -38,17 +38,19 @@ def resolve_dtype(dtype) -> torch.dtype:
     return getattr(torch, DTYPES[dtype])
 
 
-def export_tokenizer(data: str | Path, model: str | Path):
+def export_tokenizer(data: str | Path, model: str | Path, data_tokenizer=None):
     """The tokenizer an export ships: the built dataset's (`DATA/tokenizer/`, what training saw), its chat template
     the one of the build's rendering recipe (`export_chat_template`: a prompt format written in), else the base
-    model's. Raises TrajtuneError when neither loads, since a model without its tokenizer is not usable."""
+    model's. `data_tokenizer`: DATA/tokenizer already loaded (trainer/data.py `load_data_tokenizer`); changed in
+    place. Raises TrajtuneError when neither loads, since a model without its tokenizer is not usable."""
     from transformers import AutoTokenizer
 
     from ..data_builders.pretrained import resolve_pretrained
 
     tok_dir = Path(data) / "tokenizer"
     try:
-        tok = AutoTokenizer.from_pretrained(str(tok_dir) if tok_dir.is_dir() else resolve_pretrained(model, "model"))
+        tok = data_tokenizer if data_tokenizer is not None and tok_dir.is_dir() else AutoTokenizer.from_pretrained(
+            str(tok_dir) if tok_dir.is_dir() else resolve_pretrained(model, "model"))
     except (OSError, ValueError) as e:
         raise TrajtuneError(f"no tokenizer in {tok_dir} nor in {model} ({e}); the export would not be usable") from e
     recipe = data_recipe(data)

@@ -39,6 +39,7 @@ from .data import (
     collate,
     data_identity,
     fetch,
+    load_data_tokenizer,
     open_built_dataset,
     step_micro_batches,
     validation_micro_batches,
@@ -172,7 +173,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     output_dir = Path(cfg.output_dir)
 
     # --- Checks before any weight is read: data vs model, resume; a finished run is a no-op ---
-    check_fits_model(cfg.data, cfg.model)
+    data_tok = load_data_tokenizer(cfg.data)  # read once: the fit check and the export both use it
+    check_fits_model(cfg.data, cfg.model, data_tok)
     run_facts = {"global_batch_size": cfg.global_batch_size, "seed": cfg.seed, "world_size": world_size,
                  "engine": engine_kind, "data_sha256": data_sha}
     resume_from = checkpoint.find_resume(cfg.resume, output_dir)
@@ -187,7 +189,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             return {"step": int(state["step"]), "losses": {}, "bad_steps": int(state.get("bad_steps", 0)),
                     "stopped": False, "signal": None, "already_trained": True, "checkpoint": str(resume_from),
                     "val_loss": None}
-    tokenizer = export_tokenizer(cfg.data, cfg.model) if cfg.export else None  # fails now, not after the run
+    tokenizer = export_tokenizer(cfg.data, cfg.model, data_tok) if cfg.export else None  # fails now, not after
 
     # --- From here on a process group may be up: every way out of the try destroys it ---
     rank_log = RankLog(output_dir, rank, world_size, rendezvous_env())  # logs/rank_K.log, every rank

@@ -125,7 +125,7 @@ def process_records(raws: list[bytes], job: RecordJob) -> list[dict[str, Any]]:
                                                   job.options)):
         # a Rendered's samples -> tokens, mask and sample lengths (over-long ones handled), or the drop reason
         rows[i] = {**rows[i], **({"reason": got.reason, "detail": got.detail} if isinstance(got, RenderError)
-                                 else record_row(got.samples, got.per_turn, job.seq_len, job.overlong))}
+                                 else record_row(got, job.seq_len, job.overlong))}
     return rows
 
 

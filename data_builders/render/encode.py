@@ -80,6 +80,94 @@ def ids_by_segments(tokenizer, texts: list[str]) -> list[list[int]] | None:
     return [list(itertools.chain.from_iterable(ids[k] for k in plan)) for plan in plans]
 
 
+def ids_of_slices(tokenizer, texts: list[str], slices: list[list[tuple[int, int]]]) -> list[Slices] | None:
+    """The ids of `text[s:e]` for each text and each of its slices `(s, e)` (per_turn.py: a record's contexts and
+    targets, all cut out of its one render), as `Slices`; or None where cutting at added tokens is not exact (see
+    `_ids_of_texts`). No mask is placed.
+
+    Each text is encoded once (`_ids_of_texts`, as a joint render is). The tokenizer encodes the pieces between
+    added tokens apart, and the added tokens are literals matched leftmost-longest, so `text[s:e]` splits as `text`
+    does between `s` and `e` unless an added token spans one of them: its ids are those of the piece from `s` to the
+    first piece edge after it, encoded on its own (once for all texts), then those of `text` from that edge to the
+    last one before `e` (placed by the tokens' byte lengths), then those of the piece from there to `e`. Where an
+    added token spans `s` or `e`, `s` and `e` lie inside one piece, or the ids do not spell exactly the text's bytes,
+    `text[s:e]` is encoded by pieces."""
+    import bisect
+
+    import numpy as np
+
+    backend = _backend(tokenizer, "per-turn samples")
+    byte_level = _byte_level(backend)
+    if byte_level is None or byte_level.added is None:
+        return None
+    whole = _ids_of_texts(backend, byte_level, texts)
+    index: dict[str, int] = {}  # text encoded on its own -> its slot in `ids`
+
+    def slots(text: str) -> list[int]:
+        return [index.setdefault(p, len(index)) for p in byte_level.added.split(text) if p]
+
+    plans = []  # per text, per slice: (slots before the text's ids, their run (start, end), slots after)
+    for text, text_ids, text_slices in zip(texts, whole, slices):
+        placed = _byte_ends(text_ids, byte_level, text)
+        parts = byte_level.added.split(text)  # segment, added token, segment, ...
+        starts = list(itertools.accumulate(map(len, parts), initial=0))
+        if placed is not None:
+            _, ends, raw = placed
+            at_byte = starts if raw is None else list(itertools.accumulate((len(p.encode()) for p in parts), initial=0))
+            edges = [int(n) for n in np.searchsorted(ends, at_byte, "right")]  # tokens that end by each part's start
+            if any((ends[n - 1] if n else 0) != b for n, b in zip(edges, at_byte)):
+                placed = None  # (cannot happen where the cut is exact)
+        plan = []
+        for s, e in text_slices:
+            ks, ke = bisect.bisect_right(starts, s) - 1, bisect.bisect_right(starts, e) - 1  # the parts holding s, e
+            first = ks if s == starts[ks] else ks + 1  # the first part edge from s, and the last one to e: ke
+            if placed is None or (ks % 2 and s > starts[ks]) or (ke % 2 and e > starts[ke]) or first > ke:
+                plan.append((slots(text[s:e]), (0, 0), []))
+            else:
+                plan.append((slots(text[s:starts[first]]), (edges[first], edges[ke]), slots(text[starts[ke]:e])))
+        plans.append(plan)
+    ids = [e.ids for e in backend.encode_batch_fast(list(index), add_special_tokens=False)] if index else []
+
+    def join(slot_list: list[int]) -> list[int]:
+        return list(itertools.chain.from_iterable(ids[k] for k in slot_list))
+
+    return [Slices(text_ids, [(join(head), run, join(tail)) for head, run, tail in plan])
+            for text_ids, plan in zip(whole, plans)]
+
+
+@dataclass
+class Slices:
+    """The ids of slices of a text (`ids_of_slices`): slice k's ids are `head + ids[start:end] + tail`, where
+    `(head, (start, end), tail) = slices[k]`."""
+
+    ids: list[int]
+    slices: list[tuple[list[int], tuple[int, int], list[int]]]
+
+
+def spells(tokenizer, ids: list[int], text: str) -> bool:
+    """True if `ids` (the ids of `text`, as the tokenizer gives them) spell exactly its bytes, token by token: then
+    `encode_masked` gives them with a span over all of `text` trained as they are, every token trained."""
+    byte_level = _byte_level(_backend(tokenizer, "spells"))
+    return byte_level is not None and _byte_ends(ids, byte_level, text) is not None
+
+
+def _byte_ends(ids: list[int], byte_level: _ByteLevel, text: str):
+    """(each token's byte length, the byte offset where each token ends, `text`'s UTF-8 bytes or None if it is
+    ASCII), or None when
+    the ids do not spell exactly the text's bytes (a token with no byte-level spelling, an added token that strips
+    spaces, text that NFC would change)."""
+    import numpy as np
+
+    raw = None if text.isascii() else text.encode()
+    if raw is not None and byte_level.nfc and not unicodedata.is_normalized("NFC", text):
+        return None
+    lengths = byte_level.lengths[ids]
+    ends = np.cumsum(lengths)
+    if not ids or ends[-1] != (len(text) if raw is None else len(raw)) or not lengths.all():
+        return None
+    return lengths, ends, raw
+
+
 def _ids_of_texts(backend, byte_level: _ByteLevel, texts: list[str]) -> list[list[int]]:
     """The ids of each text (`encode_batch_fast`), with long text segments that repeat across records encoded
     once per process: a system prompt or tool list shared by a whole dataset is most of each record's text.
@@ -198,13 +286,10 @@ def _mask_from_bytes(ids: list[int], byte_level: _ByteLevel, text: str, spans: l
     token with no byte-level spelling, an added token that strips spaces, text that NFC would change)."""
     import numpy as np
 
-    raw = None if text.isascii() else text.encode()
-    if raw is not None and byte_level.nfc and not unicodedata.is_normalized("NFC", text):
+    placed = _byte_ends(ids, byte_level, text)
+    if placed is None:
         return None
-    lengths = byte_level.lengths[ids]
-    ends = np.cumsum(lengths)  # byte offset where each token ends
-    if not ids or ends[-1] != (len(text) if raw is None else len(raw)) or not lengths.all():
-        return None
+    lengths, ends, raw = placed
     mask = np.zeros(len(ids), np.int8)
     for s, e in spans:
         bs, be = (s, e) if raw is None else (len(text[:s].encode()), len(text[:e].encode()))

@@ -567,26 +567,29 @@ def _pack_and_write(files: arrow_io.CacheFiles, index: SampleIndex, rows: np.nda
     data_file = tmp / "data-00000-of-00001.arrow"
     fds = [os.open(name, os.O_RDONLY) for name in files.names]
     digest = hashlib.sha256()  # of the tokens, labels and sample lengths of every pack, in order
-    # Each chunk is written by a thread while the next one is read and packed: writing is mostly waiting on the
-    # disk (the GIL released), and a per-turn build writes ~4x a joint one's tokens. One write at a time, in order.
+    # Each chunk is hashed and written by a thread while the next one is read and packed (both release the GIL, and
+    # a per-turn build writes ~4x a joint one's tokens); one chunk at a time, in order.
     writing = None
-    try:
-        with ArrowWriter(features=_pack_features(), path=str(data_file)) as writer, \
+    try:  # (a native file: written by Arrow itself, not through a Python file a copy of each batch at a time)
+        with pa.OSFile(str(data_file), "wb") as sink, ArrowWriter(features=_pack_features(), stream=sink) as writer, \
                 concurrent.futures.ThreadPoolExecutor(1) as pool:
+
+            def write(columns: dict) -> None:
+                # The packs' tokens, labels and sample lengths with the packs' bounds; position_ids follow from these.
+                for values in (*(columns[k][0] for k in ("input_ids", "labels", "seq_lens")), columns["seq_lens"][1]):
+                    digest.update(memoryview(np.ascontiguousarray(values, dtype=np.int32)).cast("B"))
+                writer.write_table(pa.table({name: pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
+                                             for name, (values, offsets) in columns.items()}))
+
             for c0 in tqdm(range(0, n_bins, PACK_CHUNK), desc=f"write {dest.name}", unit="chunk", disable=n_bins == 0):
                 c1 = min(c0 + PACK_CHUNK, n_bins)
                 picked = order[starts[c0]:starts[c1]]
                 ids, mask = arrow_io.read_tokens(files, fds, samples[picked], lengths[picked],
                                                  None if skip is None else skip[picked])
                 columns = pack.pack_columns(ids, mask, lengths[picked], per_pack[c0:c1])
-                # The packs' tokens, labels and sample lengths with the packs' bounds; position_ids follow from these.
-                for values in (*(columns[k][0] for k in ("input_ids", "labels", "seq_lens")), columns["seq_lens"][1]):
-                    digest.update(memoryview(np.ascontiguousarray(values, dtype=np.int32)).cast("B"))
-                table = pa.table({name: pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
-                                  for name, (values, offsets) in columns.items()})
                 if writing is not None:
                     writing.result()  # (raises what the write raised)
-                writing = pool.submit(writer.write_table, table)
+                writing = pool.submit(write, columns)
             if writing is not None:
                 writing.result()
             writer.finalize()

@@ -235,7 +235,7 @@ def test_slices_of_one_encoding_are_the_encodings_of_the_slices(toks):
     slices = [sorted({(a, b) for a, b in (sorted(rng.sample(range(len(t) + 1), 2)) for _ in range(200))}) for t in texts]
     for text, got, spans in zip(texts, ids_of_slices(tok, texts, slices), slices):
         for (s, e), (head, (a, b), tail) in zip(spans, got.slices):
-            assert head + got.ids[a:b] + tail == tok.encode(text[s:e], add_special_tokens=False), (s, e)
+            assert head + got.ids[a:b].tolist() + tail == tok.encode(text[s:e], add_special_tokens=False), (s, e)
 
 
 def test_a_per_turn_build_of_cut_records_packs_exactly_their_samples(tmp_path):

@@ -100,13 +100,15 @@ def ids_of_slices(tokenizer, texts: list[str], slices: list[list[tuple[int, int]
     byte_level = _byte_level(backend)
     if byte_level is None or byte_level.added is None:
         return None
-    whole = _ids_of_texts(backend, byte_level, texts)
+    whole = [ids for c in range(0, len(texts), ENCODE_CHUNK)  # (a call per chunk, as render_batch: faster)
+             for ids in _ids_of_texts(backend, byte_level, texts[c:c + ENCODE_CHUNK])]
     index: dict[str, int] = {}  # text encoded on its own -> its slot in `ids`
 
     def slots(text: str) -> list[int]:
         return [index.setdefault(p, len(index)) for p in byte_level.added.split(text) if p]
 
     plans = []  # per text, per slice: (slots before the text's ids, their run (start, end), slots after)
+    whole = [np.asarray(ids, np.int32) for ids in whole]
     for text, text_ids, text_slices in zip(texts, whole, slices):
         placed = _byte_ends(text_ids, byte_level, text)
         parts = byte_level.added.split(text)  # segment, added token, segment, ...
@@ -114,9 +116,10 @@ def ids_of_slices(tokenizer, texts: list[str], slices: list[list[tuple[int, int]
         if placed is not None:
             _, ends, raw = placed
             at_byte = starts if raw is None else list(itertools.accumulate((len(p.encode()) for p in parts), initial=0))
-            edges = [int(n) for n in np.searchsorted(ends, at_byte, "right")]  # tokens that end by each part's start
-            if any((ends[n - 1] if n else 0) != b for n, b in zip(edges, at_byte)):
-                placed = None  # (cannot happen where the cut is exact)
+            edges = np.searchsorted(ends, at_byte, "right")  # tokens that end by each part's start
+            if not np.array_equal(np.concatenate([[0], ends])[edges], at_byte):
+                placed = None  # a part starting inside a token (cannot happen where the cut is exact)
+            edges = edges.tolist()
         plan = []
         for s, e in text_slices:
             ks, ke = bisect.bisect_right(starts, s) - 1, bisect.bisect_right(starts, e) - 1  # the parts holding s, e
@@ -140,22 +143,21 @@ class Slices:
     """The ids of slices of a text (`ids_of_slices`): slice k's ids are `head + ids[start:end] + tail`, where
     `(head, (start, end), tail) = slices[k]`."""
 
-    ids: list[int]
+    ids: Any  # np.ndarray (int32): the text's ids
     slices: list[tuple[list[int], tuple[int, int], list[int]]]
 
 
-def spells(tokenizer, ids: list[int], text: str) -> bool:
+def spells(tokenizer, ids, text: str) -> bool:
     """True if `ids` (the ids of `text`, as the tokenizer gives them) spell exactly its bytes, token by token: then
     `encode_masked` gives them with a span over all of `text` trained as they are, every token trained."""
     byte_level = _byte_level(_backend(tokenizer, "spells"))
     return byte_level is not None and _byte_ends(ids, byte_level, text) is not None
 
 
-def _byte_ends(ids: list[int], byte_level: _ByteLevel, text: str):
+def _byte_ends(ids, byte_level: _ByteLevel, text: str):
     """(each token's byte length, the byte offset where each token ends, `text`'s UTF-8 bytes or None if it is
-    ASCII), or None when
-    the ids do not spell exactly the text's bytes (a token with no byte-level spelling, an added token that strips
-    spaces, text that NFC would change)."""
+    ASCII) of `ids` (a list or an array), or None when the ids do not spell exactly the text's bytes (a token with
+    no byte-level spelling, an added token that strips spaces, text that NFC would change)."""
     import numpy as np
 
     raw = None if text.isascii() else text.encode()
@@ -163,7 +165,7 @@ def _byte_ends(ids: list[int], byte_level: _ByteLevel, text: str):
         return None
     lengths = byte_level.lengths[ids]
     ends = np.cumsum(lengths)
-    if not ids or ends[-1] != (len(text) if raw is None else len(raw)) or not lengths.all():
+    if not len(ids) or ends[-1] != (len(text) if raw is None else len(raw)) or not lengths.all():
         return None
     return lengths, ends, raw
 

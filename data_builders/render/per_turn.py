@@ -247,13 +247,12 @@ def _cut_ids(tokenizer, texts: list[TurnTexts]) -> tuple[list, list]:
     for t in texts:
         got = next(sliced, None) if t.full is not None else None
         if got is not None:
-            ids = np.asarray(got.ids, np.int32)  # once per record: each context is a view of it, then its own tail
-            for k, (_, target) in enumerate(t.pairs):
+            for k, (_, target) in enumerate(t.pairs):  # each context and target: views of the render's ids, and
                 (head, (a, b), tail), (t_head, (ta, tb), t_tail) = got.slices[2 * k], got.slices[2 * k + 1]
-                contexts[at + k] = [head, ids[a:b], tail]
-                target_ids = t_head + got.ids[ta:tb] + t_tail
+                contexts[at + k] = [head, got.ids[a:b], tail]  # the pieces encoded on their own at their ends
+                target_ids = np.concatenate([np.array(t_head, np.int32), got.ids[ta:tb], np.array(t_tail, np.int32)])
                 if spells(tokenizer, target_ids, target):  # then encode_masked trains every token
-                    targets[at + k] = (target_ids, [1] * len(target_ids))
+                    targets[at + k] = (target_ids, np.ones(len(target_ids), np.int8))
         at += len(t.pairs)
     return contexts, targets
 
@@ -261,14 +260,15 @@ def _cut_ids(tokenizer, texts: list[TurnTexts]) -> tuple[list, list]:
 def _turn_samples(pairs: list[tuple[str, str]], got: list[tuple[list, tuple[list[int], list[int]]]]) -> TurnSamples:
     """The samples back to back: each its context's pieces joined, then its target's ids, trained by its mask."""
     pieces: list = []
-    lens, trained = [], []  # each sample's length; each target's (start, mask)
+    lens, trained, at = [], [], 0  # each sample's length; each target's (start, mask); tokens so far
     for context, (ids, mask) in got:
         n = sum(map(len, context))
-        trained.append((sum(lens) + n, mask))
-        pieces += [*context, ids]
+        pieces += [p if isinstance(p, np.ndarray) else np.array(p, np.int32) for p in (*context, ids) if len(p)]
+        trained.append((at + n, mask))
         lens.append(n + len(ids))
-    all_ids = np.concatenate([np.asarray(p, np.int32) for p in pieces])
-    all_mask = np.zeros(len(all_ids), np.int8)
+        at += lens[-1]
+    all_ids = np.concatenate(pieces)
+    all_mask = np.zeros(at, np.int8)
     for start, mask in trained:
         all_mask[start:start + len(mask)] = mask
     return TurnSamples(pairs, all_ids, all_mask, lens)

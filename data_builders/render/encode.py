@@ -83,7 +83,8 @@ def ids_by_segments(tokenizer, texts: list[str]) -> list[list[int]] | None:
 def ids_of_slices(tokenizer, texts: list[str], slices: list[list[tuple[int, int]]]) -> list[Slices] | None:
     """The ids of `text[s:e]` for each text and each of its slices `(s, e)` (per_turn.py: a record's contexts and
     targets, all cut out of its one render), as `Slices`; or None where cutting at added tokens is not exact (see
-    `_ids_of_texts`). No mask is placed.
+    `_ids_of_texts`). No mask is placed; each slice says whether its ids spell exactly its bytes (`_byte_ends`:
+    then `encode_masked` trains every token of a span over all of it).
 
     Each text is encoded once (`_ids_of_texts`, as a joint render is). The tokenizer encodes the pieces between
     added tokens apart, and the added tokens are literals matched leftmost-longest, so `text[s:e]` splits as `text`
@@ -100,19 +101,19 @@ def ids_of_slices(tokenizer, texts: list[str], slices: list[list[tuple[int, int]
     byte_level = _byte_level(backend)
     if byte_level is None or byte_level.added is None:
         return None
-    whole = [ids for c in range(0, len(texts), ENCODE_CHUNK)  # (a call per chunk, as render_batch: faster)
+    whole = [np.asarray(ids, np.int32) for c in range(0, len(texts), ENCODE_CHUNK)  # (a call per chunk: faster)
              for ids in _ids_of_texts(backend, byte_level, texts[c:c + ENCODE_CHUNK])]
     index: dict[str, int] = {}  # text encoded on its own -> its slot in `ids`
 
-    def slots(text: str) -> list[int]:
-        return [index.setdefault(p, len(index)) for p in byte_level.added.split(text) if p]
+    def slot(piece: str) -> list[int]:  # a piece inside one segment: no added token to split it at
+        return [index.setdefault(piece, len(index))] if piece else []
 
-    plans = []  # per text, per slice: (slots before the text's ids, their run (start, end), slots after)
-    whole = [np.asarray(ids, np.int32) for ids in whole]
+    plans = []  # per text, per slice: (slots before the text's ids, their run (start, end), slots after, NFC)
     for text, text_ids, text_slices in zip(texts, whole, slices):
         placed = _byte_ends(text_ids, byte_level, text)
         parts = byte_level.added.split(text)  # segment, added token, segment, ...
         starts = list(itertools.accumulate(map(len, parts), initial=0))
+        nfc = text.isascii() or not byte_level.nfc  # (else each slice is checked: NFC would change it)
         if placed is not None:
             _, ends, raw = placed
             at_byte = starts if raw is None else list(itertools.accumulate((len(p.encode()) for p in parts), initial=0))
@@ -124,34 +125,52 @@ def ids_of_slices(tokenizer, texts: list[str], slices: list[list[tuple[int, int]
         for s, e in text_slices:
             ks, ke = bisect.bisect_right(starts, s) - 1, bisect.bisect_right(starts, e) - 1  # the parts holding s, e
             first = ks if s == starts[ks] else ks + 1  # the first part edge from s, and the last one to e: ke
+            normal = nfc or unicodedata.is_normalized("NFC", text[s:e])
             if placed is None or (ks % 2 and s > starts[ks]) or (ke % 2 and e > starts[ke]) or first > ke:
-                plan.append((slots(text[s:e]), (0, 0), []))
+                pieces = [index.setdefault(p, len(index)) for p in byte_level.added.split(text[s:e]) if p]
+                plan.append((pieces, (0, 0), [], normal))
             else:
-                plan.append((slots(text[s:starts[first]]), (edges[first], edges[ke]), slots(text[starts[ke]:e])))
+                plan.append((slot(text[s:starts[first]]), (edges[first], edges[ke]), slot(text[starts[ke]:e]), normal))
         plans.append(plan)
-    ids = [e.ids for e in backend.encode_batch_fast(list(index), add_special_tokens=False)] if index else []
+    pieces = list(index)
+    ids = [e.ids for e in backend.encode_batch_fast(pieces, add_special_tokens=False)] if pieces else []
+    spelled = _spell(ids, byte_level, pieces)
 
-    def join(slot_list: list[int]) -> list[int]:
-        return list(itertools.chain.from_iterable(ids[k] for k in slot_list))
+    def join(slots: list[int]) -> list[int]:
+        return ids[slots[0]] if len(slots) == 1 else list(itertools.chain.from_iterable(ids[k] for k in slots))
 
-    return [Slices(text_ids, [(join(head), run, join(tail)) for head, run, tail in plan])
-            for text_ids, plan in zip(whole, plans)]
+    return [Slices(text_ids, [(join(head), run, join(tail), normal and all(spelled[k] for k in head + tail))
+                              for head, run, tail, normal in plan]) for text_ids, plan in zip(whole, plans)]
+
+
+def _spell(ids: list[list[int]], byte_level: _ByteLevel, texts: list[str]) -> list[bool]:
+    """`_byte_ends(ids[k], byte_level, texts[k]) is not None` for each k, in one pass over all the ids."""
+    import numpy as np
+
+    if not ids:
+        return []
+    counts = np.fromiter(map(len, ids), np.int64, len(ids))
+    lengths = byte_level.lengths[np.fromiter(itertools.chain.from_iterable(ids), np.int64, int(counts.sum()))]
+    nonempty = counts > 0
+    firsts = (np.cumsum(counts) - counts)[nonempty]
+    sums, least = np.zeros(len(ids), np.int64), np.zeros(len(ids), np.int64)
+    if len(firsts):
+        sums[nonempty], least[nonempty] = np.add.reduceat(lengths, firsts), np.minimum.reduceat(lengths, firsts)
+    nbytes = np.fromiter((len(t) if t.isascii() else len(t.encode()) for t in texts), np.int64, len(texts))
+    ok = nonempty & (sums == nbytes) & (least > 0)
+    return [bool(x) and (t.isascii() or not byte_level.nfc or unicodedata.is_normalized("NFC", t))
+            for x, t in zip(ok, texts)]
 
 
 @dataclass
 class Slices:
     """The ids of slices of a text (`ids_of_slices`): slice k's ids are `head + ids[start:end] + tail`, where
-    `(head, (start, end), tail) = slices[k]`."""
+    `(head, (start, end), tail, spelled) = slices[k]`; `spelled`: they spell exactly the slice's bytes, token by
+    token (as `_byte_ends` checks it), so `encode_masked` trains every token of a span over all of the slice.
+    `head` and `tail` may be shared between slices: read them, never change them."""
 
     ids: Any  # np.ndarray (int32): the text's ids
-    slices: list[tuple[list[int], tuple[int, int], list[int]]]
-
-
-def spells(tokenizer, ids, text: str) -> bool:
-    """True if `ids` (the ids of `text`, as the tokenizer gives them) spell exactly its bytes, token by token: then
-    `encode_masked` gives them with a span over all of `text` trained as they are, every token trained."""
-    byte_level = _byte_level(_backend(tokenizer, "spells"))
-    return byte_level is not None and _byte_ends(ids, byte_level, text) is not None
+    slices: list[tuple[list[int], tuple[int, int], list[int], bool]]
 
 
 def _byte_ends(ids, byte_level: _ByteLevel, text: str):

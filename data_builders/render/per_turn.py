@@ -40,7 +40,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..trajectory import Trajectory
-from .encode import encode_masked, ids_by_segments, ids_of_slices, spells
+from .encode import encode_masked, ids_by_segments, ids_of_slices
 from .errors import RenderError
 from .mask import Rendered, prepare_record, render_batch, render_with_mask
 from .options import RenderOptions
@@ -247,11 +247,11 @@ def _cut_ids(tokenizer, texts: list[TurnTexts]) -> tuple[list, list]:
     for t in texts:
         got = next(sliced, None) if t.full is not None else None
         if got is not None:
-            for k, (_, target) in enumerate(t.pairs):  # each context and target: views of the render's ids, and
-                (head, (a, b), tail), (t_head, (ta, tb), t_tail) = got.slices[2 * k], got.slices[2 * k + 1]
-                contexts[at + k] = [head, got.ids[a:b], tail]  # the pieces encoded on their own at their ends
-                target_ids = np.concatenate([np.array(t_head, np.int32), got.ids[ta:tb], np.array(t_tail, np.int32)])
-                if spells(tokenizer, target_ids, target):  # then encode_masked trains every token
+            for k in range(len(t.pairs)):  # each context and target: a view of the render's ids, and the pieces
+                (head, (a, b), tail, _), (t_head, (ta, tb), t_tail, spelled) = got.slices[2 * k:2 * k + 2]
+                contexts[at + k] = [head, got.ids[a:b], tail]  # encoded on their own at its ends
+                if spelled:  # then encode_masked trains every token
+                    target_ids = np.concatenate([np.array(t_head, np.int32), got.ids[ta:tb], np.array(t_tail, np.int32)])
                     targets[at + k] = (target_ids, np.ones(len(target_ids), np.int8))
         at += len(t.pairs)
     return contexts, targets

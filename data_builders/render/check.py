@@ -169,14 +169,15 @@ def turn_cut_ok(ctx) -> bool:
     this template: on every battery case, where rendering each turn apart (`per_turn.turn_texts`) declines, the
     cut defers; where it renders, the cut defers or gives the same texts, and the joint prefix proof accepts the
     case (the template writes each prompt as a prefix of the conversation, and a turn alike last and in history:
-    what the cut assumes of every record). At least one case must be compared. Decided once per render context.
+    what the cut assumes of every record). At least one case must be compared, and the template's one-render
+    header path must be allowed (`fast_path_ok`). Decided once per render context.
     """
     hit = _TURN_CUT.get(id(ctx))
     if hit is not None and hit[0] is ctx:
         return hit[1]
     if len(_TURN_CUT) >= 64:
         _TURN_CUT.clear()
-    verdict = _turn_cut_agrees(ctx)
+    verdict = ctx.fast and _turn_cut_agrees(ctx)  # (the cut finds turns by the header path: vetted first)
     _TURN_CUT[id(ctx)] = (ctx, verdict)
     return verdict
 

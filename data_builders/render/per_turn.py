@@ -207,18 +207,18 @@ def _encode_records(texts: list[TurnTexts | RenderError], tokenizer) -> list[Tur
     pairs = [p for t in ok for p in t.pairs]
     wheres = [t.where for t in ok for _ in t.pairs]
     contexts, targets = _cut_ids(tokenizer, ok)
-    apart = [i for i, c in enumerate(contexts) if c is None]
-    by_segments = ids_by_segments(tokenizer, [pairs[i][0] for i in apart]) if apart else []
+    left = [i for i, c in enumerate(contexts) if c is None]
+    by_segments = ids_by_segments(tokenizer, [pairs[i][0] for i in left]) if left else []
     if by_segments is not None:
-        for i, ids in zip(apart, by_segments):
+        for i, ids in zip(left, by_segments):
             contexts[i] = [ids]
-        apart = []
+        left = []  # (else the tokenizer cannot be cut at added tokens: these contexts are encoded whole)
     whole = [i for i, g in enumerate(targets) if g is None]
     encoded = encode_masked(tokenizer, [(pairs[i][1], [(0, len(pairs[i][1]))], wheres[i]) for i in whole]
-                            + [(pairs[i][0], [], wheres[i]) for i in apart])  # (apart: contexts encoded whole)
+                            + [(pairs[i][0], [], wheres[i]) for i in left])
     for i, g in zip(whole, encoded):
         targets[i] = g
-    for i, c in zip(apart, encoded[len(whole):]):
+    for i, c in zip(left, encoded[len(whole):]):
         contexts[i] = c if isinstance(c, RenderError) else [c[0]]
     at = iter(zip(contexts, targets))
     out: list[TurnSamples | RenderError] = []
@@ -247,9 +247,9 @@ def _cut_ids(tokenizer, texts: list[TurnTexts]) -> tuple[list, list]:
     for t in texts:
         got = next(sliced, None) if t.full is not None else None
         if got is not None:
-            for k in range(len(t.pairs)):  # each context and target: a view of the render's ids, and the pieces
+            for k in range(len(t.pairs)):  # a slice: a piece encoded on its own, a view of the render's ids, a piece
                 (head, (a, b), tail, _), (t_head, (ta, tb), t_tail, spelled) = got.slices[2 * k:2 * k + 2]
-                contexts[at + k] = [head, got.ids[a:b], tail]  # encoded on their own at its ends
+                contexts[at + k] = [head, got.ids[a:b], tail]
                 if spelled:  # then encode_masked trains every token
                     target_ids = np.concatenate([np.array(t_head, np.int32), got.ids[ta:tb], np.array(t_tail, np.int32)])
                     targets[at + k] = (target_ids, np.ones(len(target_ids), np.int8))

@@ -20,13 +20,17 @@ import numpy as np
 from .errors import TrajtuneError
 
 
-def list_array(lists: list[list[int]], dtype):
-    """`pa.array(lists, pa.list_(dtype))`, ~4x faster: the values are gathered by one `np.fromiter`."""
+def list_array(lists: list, dtype):
+    """`pa.array(lists, pa.list_(dtype))` of lists or arrays, ~4x faster: the values are gathered by one
+    `np.fromiter` (lists), or one `np.concatenate` when some are arrays (a per-turn row: ~4x a joint row's tokens)."""
     import pyarrow as pa
 
     offsets = np.zeros(len(lists) + 1, np.int32)
     np.cumsum(np.fromiter(map(len, lists), np.int64, len(lists)), out=offsets[1:])
-    values = np.fromiter(itertools.chain.from_iterable(lists), dtype, int(offsets[-1]))
+    if any(isinstance(x, np.ndarray) for x in lists):
+        values = np.concatenate([np.zeros(0, dtype)] + [np.asarray(x, dtype) for x in lists])
+    else:
+        values = np.fromiter(itertools.chain.from_iterable(lists), dtype, int(offsets[-1]))
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values))
 
 

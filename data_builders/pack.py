@@ -109,9 +109,12 @@ def pack_columns(input_ids: np.ndarray, loss_mask: np.ndarray, seq_lens: np.ndar
     seq_lens = np.asarray(seq_lens, dtype=np.int64)
     input_ids = np.asarray(input_ids, dtype=np.int32)
     starts = np.concatenate([[0], np.cumsum(seq_lens)[:-1]]).astype(np.int64)
-    labels = np.where(np.asarray(loss_mask) != 0, input_ids, np.int32(IGNORE_INDEX)).astype(np.int32)
+    labels = np.where(np.asarray(loss_mask) != 0, input_ids, np.int32(IGNORE_INDEX)).astype(np.int32, copy=False)
     labels[starts[seq_lens > 0]] = IGNORE_INDEX
-    position_ids = (np.arange(len(input_ids), dtype=np.int64) - np.repeat(starts, seq_lens)).astype(np.int32)
+    # int32 throughout (as the offsets below): no token-sized int64 temporaries, which a build allocates afresh for
+    # every chunk of packs (each a page fault per 4 KB)
+    position_ids = np.arange(len(input_ids), dtype=np.int32)
+    position_ids -= np.repeat(starts.astype(np.int32), seq_lens)
     sample_offsets = np.concatenate([[0], np.cumsum(samples_per_pack)]).astype(np.int64)
     token_offsets = np.concatenate([[0], np.cumsum(seq_lens)])[sample_offsets].astype(np.int32)
     return {"input_ids": (input_ids, token_offsets), "labels": (labels, token_offsets),

@@ -29,14 +29,16 @@ def truncation_point(loss_mask: list[int], seq_len: int) -> int:
     return 0
 
 
-def record_row(samples, per_turn: bool, seq_len: int, overlong: str) -> dict[str, Any]:
-    """The row fields of a rendered record's samples (`Rendered`s), over-long ones handled, or {reason, detail}.
+def record_row(got, seq_len: int, overlong: str) -> dict[str, Any]:
+    """The row fields of a rendered record (`render.per_turn.RecordSamples`), over-long samples handled, or
+    {reason, detail}.
 
     Joint: a sample past seq_len is cut after its last trained message that fits (`--overlong truncate`) or
     dropped. Per-turn: each sample is a whole context + its one trained turn, so one that does not fit cannot be
-    cut; truncate keeps the samples that fit (the row is `truncated`), drop drops the record."""
-    if not per_turn:
-        (rendered,) = samples
+    cut; truncate keeps the samples that fit (the row is `truncated`), drop drops the record. A per-turn row's
+    input_ids and loss_mask are arrays (int32, int8), its samples back to back; a joint row's are lists."""
+    if got.turns is None:
+        rendered = got.joint
         ids, mask = rendered.input_ids, rendered.loss_mask
         if not any(mask[1:]):
             return {"reason": "no_trained_token", "detail": "the rendered loss mask is empty"}
@@ -50,18 +52,23 @@ def record_row(samples, per_turn: bool, seq_len: int, overlong: str) -> dict[str
         # label 0 of a sample is always -100 (see pack.pack_columns), so its mask bit does not count
         return {"input_ids": ids, "loss_mask": mask, "n_tokens": len(ids), "n_trained": sum(mask[1:]),
                 "truncated": truncated, "sample_lens": [len(ids)], "turn_samples": 0}
-    fit = [s for s in samples if len(s.input_ids) <= seq_len]
-    if len(fit) < len(samples) and (overlong == "drop" or not fit):
-        longest = max(len(s.input_ids) for s in samples)
+    turns = got.turns
+    lens = np.asarray(turns.lens, np.int64)
+    fit = lens <= seq_len
+    if not fit.all() and (overlong == "drop" or not fit.any()):
         how = "no turn's sample fits" if overlong == "truncate" else "--overlong drop"
-        return {"reason": "overlong", "detail": f"a per-turn sample of {longest} tokens > seq_len {seq_len} ({how})"}
-    n_trained = sum(sum(s.loss_mask[1:]) for s in fit)
+        return {"reason": "overlong", "detail": f"a per-turn sample of {lens.max()} tokens > seq_len {seq_len} ({how})"}
+    ids, mask = turns.ids, turns.mask
+    if not fit.all():
+        keep = np.repeat(fit, lens)
+        ids, mask = ids[keep], mask[keep]
+    kept = lens[fit]
+    firsts = np.cumsum(kept) - kept  # each kept sample's first token: its mask bit does not count
+    n_trained = int(mask.sum(dtype=np.int64)) - int(mask[firsts].sum(dtype=np.int64))
     if not n_trained:
         return {"reason": "no_trained_token", "detail": "the rendered loss masks are empty"}
-    return {"input_ids": [i for s in fit for i in s.input_ids], "loss_mask": [b for s in fit for b in s.loss_mask],
-            "n_tokens": sum(len(s.input_ids) for s in fit), "n_trained": n_trained,
-            "truncated": len(fit) < len(samples), "sample_lens": [len(s.input_ids) for s in fit],
-            "turn_samples": len(fit)}
+    return {"input_ids": ids, "loss_mask": mask, "n_tokens": len(ids), "n_trained": n_trained,
+            "truncated": not fit.all(), "sample_lens": kept.tolist(), "turn_samples": len(kept)}
 
 
 @dataclass

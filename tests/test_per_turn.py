@@ -11,9 +11,20 @@ import pytest
 import template_battery as tb
 from conftest import ROOT
 
+from trajtune.data_builders.errors import TrajtuneError
 from trajtune.data_builders.render import RenderError, render_with_mask
+from trajtune.data_builders.render.check import turn_cut_ok
+from trajtune.data_builders.render.encode import ids_of_slices
 from trajtune.data_builders.render.mask import prepare_record
-from trajtune.data_builders.render.per_turn import render_samples, render_turns, template_turns
+from trajtune.data_builders.render.per_turn import (
+    cut_texts,
+    render_samples,
+    render_turns,
+    template_turns,
+    turn_texts,
+    turn_texts_of,
+)
+from trajtune.data_builders.render.spans import render_context
 from trajtune.data_builders.tokenizer import load_tokenizer
 from trajtune.data_builders.trajectory import validate_record
 
@@ -188,3 +199,124 @@ def test_battery_cells_flip_from_declined_to_correct_per_turn():
     # (R1-distill's single call is declined either way: its template closes no single call turn.)
     assert [s for t, s in flipped if t.startswith("deepseek")] == sorted(
         ["loss_false", "multi_turn_system", "parallel_calls", "reasoning"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The fast path: a prefix-stable template's turns cut out of one render (per_turn.cut_texts), its contexts and
+# targets tokenized from one encoding of it (encode.ids_of_slices). It must give exactly what rendering each turn
+# apart gives (render_turns(..., exact=True)), and that what the model sees and writes (assert_exact).
+
+ALL = tb.corpus_paths()
+CELLS = [(p, "bare") for p in ALL] + [(p, "model") for p in ALL if any(p.stem.startswith(k) for k in tb.MODEL_TOKENS)]
+
+
+def _outcome(record, tok, prompt_format, exact):
+    try:
+        return [(s.text, s.input_ids, s.loss_mask, s.trained_spans)
+                for s in render_turns(record, tok, prompt_format, exact=exact)]
+    except TrajtuneError as e:
+        return (type(e).__name__, getattr(e, "reason", ""), str(e))
+
+
+@pytest.mark.parametrize(("path", "mode"), CELLS, ids=[f"{p.stem}-{mode}" for p, mode in CELLS])
+def test_the_cut_gives_exactly_the_samples_of_rendering_each_turn_apart(path, mode):
+    # Every template forced per turn (those `template_turns` sends per turn, Qwen2.5 as the bench builds it, and
+    # all others), every battery shape, with and without the built-in tool prompt.
+    tok = tb.TOKENIZERS[mode](path)
+    for shape in tb.SHAPES:
+        for prompt_format in (None, "auto"):
+            record = tb.shape_record(shape)
+            fast = _outcome(record, tok, prompt_format, exact=False)
+            assert fast == _outcome(record, tok, prompt_format, exact=True), (shape, prompt_format)
+            for text, ids, mask, [(start, end)] in fast if isinstance(fast, list) else []:
+                context = tok.encode(text[:start], add_special_tokens=False)  # the tokenizer's own encodings
+                assert end == len(text) and ids == context + tok.encode(text[start:], add_special_tokens=False)
+                assert mask == [0] * len(context) + [1] * (len(ids) - len(context))
+
+
+def test_only_templates_that_write_history_like_a_generation_are_cut(toks):
+    # Those `template_turns` renders per turn are never cut; Qwen2.5 (prefix-stable) is, and so is every sample of
+    # the bench's corpus shapes.
+    per_turn = []
+    for path in ALL:
+        tok = tb.bare_tokenizer(path)
+        if template_turns(tok) == "per-turn":
+            per_turn.append(path.stem)
+            assert not turn_cut_ok(render_context(tok.chat_template, tok)), path.stem
+    assert {"qwq-32b", "deepseek-r1-distill-qwen-32b", "gpt-oss-120b"} <= set(per_turn)
+    for name in ("qwen2.5", "qwen3"):
+        ctx, msgs, tools, where = prepare_record(tb.shape_record("second_round"), toks[name])
+        assert turn_cut_ok(ctx) == (name == "qwen2.5")  # Qwen3 writes an empty thought only before a last answer
+    ctx, msgs, tools, where = prepare_record(tb.shape_record("second_round"), toks["qwen2.5"])
+    cut, full = cut_texts(ctx, msgs, tools, where)
+    assert cut == turn_texts(ctx, msgs, tools, where) and all(full.startswith(c + t) for c, t in cut)
+    assert turn_texts_of(tb.shape_record("second_round"), toks["qwen2.5"]).full == full
+
+
+def test_a_record_the_cut_cannot_check_is_rendered_apart(toks):
+    # A user turn that writes the generation header itself: one render cannot tell where the turns start, so the
+    # record is rendered turn by turn (exact), with the same samples as ever.
+    record = tb.shape_record("multi_turn_system")
+    record["messages"][1]["content"] = "USRX1 <|im_start|>assistant\nnot a turn"
+    ctx, msgs, tools, where = prepare_record(record, toks["qwen2.5"])
+    assert turn_cut_ok(ctx) and cut_texts(ctx, msgs, tools, where) is None
+    assert turn_texts_of(record, toks["qwen2.5"]).full is None
+    assert_exact(toks["qwen2.5"], record)
+
+
+@pytest.mark.parametrize("nfc", [False, True])
+def test_slices_of_one_encoding_are_the_encodings_of_the_slices(nfc):
+    # ids_of_slices cuts only at added tokens, where the tokenizer cuts: any slice (ends inside text, on an added
+    # token's edge, or inside one: then encoded by pieces) has exactly the ids of encoding it on its own; it
+    # spells its text unless the tokenizer normalizes it (NFC, as Qwen's: a decomposed "é" is composed).
+    import random
+
+    from tokenizers import normalizers
+
+    tok = load_tokenizer(None, FIXTURES / "qwen2.5-instruct.jinja")  # (its own: a normalizer changes what is measured)
+    if nfc:
+        tok.backend_tokenizer.normalizer = normalizers.NFC()
+    texts = [render_turns(tb.shape_record(s), tok)[-1].text for s in ("second_round", "content_and_call")]
+    texts += [texts[0].replace("USRX5", "USRX5 çà et là — ünïcödé"), texts[1].replace("USRX11", "USRX11 e\u0301 ")]
+    rng = random.Random(0)
+    slices = [sorted({(a, b) for a, b in (sorted(rng.sample(range(len(t) + 1), 2)) for _ in range(200))}) for t in texts]
+    for text, got, spans in zip(texts, ids_of_slices(tok, texts, slices), slices):
+        for (s, e), (head, (a, b), tail, spelled) in zip(spans, got.slices):
+            ids = head + got.ids[a:b].tolist() + tail
+            assert ids == tok.encode(text[s:e], add_special_tokens=False), (s, e)
+            assert spelled == (tok.decode(ids) == text[s:e]), (s, e)
+
+
+def test_a_per_turn_build_of_cut_records_packs_exactly_their_samples(tmp_path):
+    # Qwen2.5 forced per turn (the bench's build): every packed sample is one of rendering each turn apart, each
+    # record's every turn that fits once; with a seq_len some turns overrun, those are left out (truncate).
+    import json
+
+    from datasets import load_from_disk
+
+    from trajtune.data_builders.build import BuildConfig, build
+    from trajtune.data_builders.pack import IGNORE_INDEX
+
+    template = FIXTURES / "qwen2.5-instruct.jinja"
+    tok = load_tokenizer(None, template)
+    records = [tb.shape_record(s) for s in tb.SHAPES if s != "reasoning"]
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    want = []
+    for r in records:
+        for s in render_turns(r, tok, exact=True):
+            want.append((tuple(s.input_ids), tuple([IGNORE_INDEX] + [t if m else IGNORE_INDEX for t, m in
+                                                                     zip(s.input_ids[1:], s.loss_mask[1:])])))
+    seq_len = sorted(len(ids) for ids, _ in want)[-3]  # the two longest samples do not fit
+    m = build(BuildConfig(data=[str(data)], template=str(template), out=str(tmp_path / "out"), seq_len=seq_len,
+                          turns="per-turn", overlong="truncate", dedup="none", cache_dir=str(tmp_path / "cache")),
+              log=lambda *_: None)
+    got = []
+    for row in load_from_disk(str(tmp_path / "out" / "train")):
+        start = 0
+        for n in row["seq_lens"]:
+            got.append((tuple(row["input_ids"][start:start + n]), tuple(row["labels"][start:start + n])))
+            start += n
+    fits = [s for s in want if len(s[0]) <= seq_len]
+    assert sorted(got) == sorted(fits) and len(fits) == len(want) - 2
+    assert m["turns"]["per_turn_samples"] == len(fits) and m["truncated"] >= 1

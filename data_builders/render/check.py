@@ -4,7 +4,8 @@
 two tool rounds, a loss=false message). `check_template(tokenizer)` renders each with the exhaustive prefix
 proof, per turn where that fails on history, and reports a verdict per case (`trajtune render --check-template T`). `fast_path_ok(ctx)` decides
 whether a template may use the one-render header path of `render_with_mask`: only if, on every case here
-plus a few extra probes, it finds exactly the spans the prefix proof finds, or defers to it.
+plus a few extra probes, it finds exactly the spans the prefix proof finds, or defers to it. `turn_cut_ok(ctx)`
+decides the same for per-turn rendering: whether each turn's context and target may be cut out of one render.
 """
 
 from __future__ import annotations
@@ -186,3 +187,57 @@ def fast_path_ok(ctx) -> bool:
         if slow != fast:
             return False
     return True
+
+
+_TURN_CUT: dict[int, tuple] = {}  # id(ctx) -> (ctx, verdict); holding ctx keeps its id from being reused
+
+
+def turn_cut_ok(ctx) -> bool:
+    """True if cutting each turn's context and target out of one render (`per_turn.cut_texts`) may be used with
+    this template: on every battery case, where rendering each turn apart (`per_turn.turn_texts`) declines, the
+    cut defers; where it renders, the cut defers or gives the same texts, and the joint prefix proof accepts the
+    case (the template writes each prompt as a prefix of the conversation, and a turn alike last and in history:
+    what the cut assumes of every record). At least one case must be compared, and the template's one-render
+    header path must be allowed (`fast_path_ok`). Decided once per render context.
+    """
+    hit = _TURN_CUT.get(id(ctx))
+    if hit is not None and hit[0] is ctx:
+        return hit[1]
+    if len(_TURN_CUT) >= 64:
+        _TURN_CUT.clear()
+    verdict = ctx.fast and _turn_cut_agrees(ctx)  # (the cut finds turns by the header path: vetted first)
+    _TURN_CUT[id(ctx)] = (ctx, verdict)
+    return verdict
+
+
+def _turn_cut_agrees(ctx) -> bool:
+    from ..trajectory import validate_record
+    from .errors import RenderError
+    from .per_turn import cut_texts, turn_texts
+    from .shape import template_messages
+    from .spans import spans_by_prefix
+
+    compared = 0
+    for record in list(BATTERY.values()) + list(_EXTRA.values()):
+        try:
+            msgs, tools = template_messages(validate_record(copy.deepcopy(record)), ctx.template, ctx.profile, "probe")
+        except RenderError:
+            continue
+        if not any(m.trained for m in msgs):
+            continue
+        cut = cut_texts(ctx, msgs, tools, "probe")
+        try:
+            exact = turn_texts(ctx, msgs, tools, "probe")
+        except RenderError:
+            if cut is not None:
+                return False  # the cut would accept what rendering apart declines
+            continue
+        try:
+            spans_by_prefix(ctx, msgs, tools, "probe")
+        except RenderError:
+            return False  # history written unlike a generation: a template that needs per-turn rendering
+        if cut is not None:
+            if cut[0] != exact:
+                return False
+            compared += 1
+    return compared > 0

@@ -80,6 +80,115 @@ def ids_by_segments(tokenizer, texts: list[str]) -> list[list[int]] | None:
     return [list(itertools.chain.from_iterable(ids[k] for k in plan)) for plan in plans]
 
 
+def ids_of_slices(tokenizer, texts: list[str], slices: list[list[tuple[int, int]]]) -> list[Slices] | None:
+    """The ids of `text[s:e]` for each text and each of its slices `(s, e)` (per_turn.py: a record's contexts and
+    targets, all cut out of its one render), as `Slices`; or None where cutting at added tokens is not exact (see
+    `_ids_of_texts`). No mask is placed; each slice says whether its ids spell exactly its bytes (`_byte_ends`:
+    then `encode_masked` trains every token of a span over all of it).
+
+    Each text is encoded once (`_ids_of_texts`, as a joint render is). The tokenizer encodes the pieces between
+    added tokens apart, and the added tokens are literals matched leftmost-longest, so `text[s:e]` splits as `text`
+    does between `s` and `e` unless an added token spans one of them: its ids are those of the piece from `s` to the
+    first piece edge after it, encoded on its own (once for all texts), then those of `text` from that edge to the
+    last one before `e` (placed by the tokens' byte lengths), then those of the piece from there to `e`. Where an
+    added token spans `s` or `e`, `s` and `e` lie inside one piece, or the ids do not spell exactly the text's bytes,
+    `text[s:e]` is encoded by pieces."""
+    import bisect
+
+    import numpy as np
+
+    backend = _backend(tokenizer, "per-turn samples")
+    byte_level = _byte_level(backend)
+    if byte_level is None or byte_level.added is None:
+        return None
+    whole = [np.asarray(ids, np.int32) for c in range(0, len(texts), ENCODE_CHUNK)  # (a call per chunk: faster)
+             for ids in _ids_of_texts(backend, byte_level, texts[c:c + ENCODE_CHUNK])]
+    index: dict[str, int] = {}  # text encoded on its own -> its slot in `ids`
+
+    def slot(piece: str) -> list[int]:  # a piece inside one segment: no added token to split it at
+        return [index.setdefault(piece, len(index))] if piece else []
+
+    plans = []  # per text, per slice: (slots before the text's ids, their run (start, end), slots after, NFC)
+    for text, text_ids, text_slices in zip(texts, whole, slices):
+        placed = _byte_ends(text_ids, byte_level, text)
+        parts = byte_level.added.split(text)  # segment, added token, segment, ...
+        starts = list(itertools.accumulate(map(len, parts), initial=0))
+        nfc = text.isascii() or not byte_level.nfc  # (else each slice is checked: NFC would change it)
+        if placed is not None:
+            _, ends, raw = placed
+            at_byte = starts if raw is None else list(itertools.accumulate((len(p.encode()) for p in parts), initial=0))
+            edges = np.searchsorted(ends, at_byte, "right")  # tokens that end by each part's start
+            if not np.array_equal(np.concatenate([[0], ends])[edges], at_byte):
+                placed = None  # a part starting inside a token (cannot happen where the cut is exact)
+            edges = edges.tolist()
+        plan = []
+        for s, e in text_slices:
+            ks, ke = bisect.bisect_right(starts, s) - 1, bisect.bisect_right(starts, e) - 1  # the parts holding s, e
+            first = ks if s == starts[ks] else ks + 1  # the first part edge from s, and the last one to e: ke
+            normal = nfc or unicodedata.is_normalized("NFC", text[s:e])
+            if placed is None or (ks % 2 and s > starts[ks]) or (ke % 2 and e > starts[ke]) or first > ke:
+                pieces = [index.setdefault(p, len(index)) for p in byte_level.added.split(text[s:e]) if p]
+                plan.append((pieces, (0, 0), [], normal))
+            else:
+                plan.append((slot(text[s:starts[first]]), (edges[first], edges[ke]), slot(text[starts[ke]:e]), normal))
+        plans.append(plan)
+    pieces = list(index)
+    ids = [e.ids for e in backend.encode_batch_fast(pieces, add_special_tokens=False)] if pieces else []
+    spelled = _spell(ids, byte_level, pieces)
+
+    def join(slots: list[int]) -> list[int]:
+        return ids[slots[0]] if len(slots) == 1 else list(itertools.chain.from_iterable(ids[k] for k in slots))
+
+    return [Slices(text_ids, [(join(head), run, join(tail), normal and all(spelled[k] for k in head + tail))
+                              for head, run, tail, normal in plan]) for text_ids, plan in zip(whole, plans)]
+
+
+def _spell(ids: list[list[int]], byte_level: _ByteLevel, texts: list[str]) -> list[bool]:
+    """`_byte_ends(ids[k], byte_level, texts[k]) is not None` for each k, in one pass over all the ids."""
+    import numpy as np
+
+    if not ids:
+        return []
+    counts = np.fromiter(map(len, ids), np.int64, len(ids))
+    lengths = byte_level.lengths[np.fromiter(itertools.chain.from_iterable(ids), np.int64, int(counts.sum()))]
+    nonempty = counts > 0
+    firsts = (np.cumsum(counts) - counts)[nonempty]
+    sums, least = np.zeros(len(ids), np.int64), np.zeros(len(ids), np.int64)
+    if len(firsts):
+        sums[nonempty], least[nonempty] = np.add.reduceat(lengths, firsts), np.minimum.reduceat(lengths, firsts)
+    nbytes = np.fromiter((len(t) if t.isascii() else len(t.encode()) for t in texts), np.int64, len(texts))
+    ok = nonempty & (sums == nbytes) & (least > 0)
+    return [bool(x) and (t.isascii() or not byte_level.nfc or unicodedata.is_normalized("NFC", t))
+            for x, t in zip(ok, texts)]
+
+
+@dataclass
+class Slices:
+    """The ids of slices of a text (`ids_of_slices`): slice k's ids are `head + ids[start:end] + tail`, where
+    `(head, (start, end), tail, spelled) = slices[k]`; `spelled`: they spell exactly the slice's bytes, token by
+    token (as `_byte_ends` checks it), so `encode_masked` trains every token of a span over all of the slice.
+    `head` and `tail` may be shared between slices: read them, never change them."""
+
+    ids: Any  # np.ndarray (int32): the text's ids
+    slices: list[tuple[list[int], tuple[int, int], list[int], bool]]
+
+
+def _byte_ends(ids, byte_level: _ByteLevel, text: str):
+    """(each token's byte length, the byte offset where each token ends, `text`'s UTF-8 bytes or None if it is
+    ASCII) of `ids` (a list or an array), or None when the ids do not spell exactly the text's bytes (a token with
+    no byte-level spelling, an added token that strips spaces, text that NFC would change)."""
+    import numpy as np
+
+    raw = None if text.isascii() else text.encode()
+    if raw is not None and byte_level.nfc and not unicodedata.is_normalized("NFC", text):
+        return None
+    lengths = byte_level.lengths[ids]
+    ends = np.cumsum(lengths)
+    if not len(ids) or ends[-1] != (len(text) if raw is None else len(raw)) or not lengths.all():
+        return None
+    return lengths, ends, raw
+
+
 def _ids_of_texts(backend, byte_level: _ByteLevel, texts: list[str]) -> list[list[int]]:
     """The ids of each text (`encode_batch_fast`), with long text segments that repeat across records encoded
     once per process: a system prompt or tool list shared by a whole dataset is most of each record's text.
@@ -198,13 +307,10 @@ def _mask_from_bytes(ids: list[int], byte_level: _ByteLevel, text: str, spans: l
     token with no byte-level spelling, an added token that strips spaces, text that NFC would change)."""
     import numpy as np
 
-    raw = None if text.isascii() else text.encode()
-    if raw is not None and byte_level.nfc and not unicodedata.is_normalized("NFC", text):
+    placed = _byte_ends(ids, byte_level, text)
+    if placed is None:
         return None
-    lengths = byte_level.lengths[ids]
-    ends = np.cumsum(lengths)  # byte offset where each token ends
-    if not ids or ends[-1] != (len(text) if raw is None else len(raw)) or not lengths.all():
-        return None
+    lengths, ends, raw = placed
     mask = np.zeros(len(ids), np.int8)
     for s, e in spans:
         bs, be = (s, e) if raw is None else (len(text[:s].encode()), len(text[:e].encode()))

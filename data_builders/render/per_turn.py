@@ -19,6 +19,14 @@ the answer as the template writes it; where it writes a message that has no reas
 (`</think>ANSWER`). Context and target are tokenized apart (the context exactly as
 `apply_chat_template(..., tokenize=True)` gives it), so no token can straddle them.
 
+That is two renders per turn, of ever longer prefixes: O(turns^2) template work a record. Where the template is
+prefix-stable and writes a turn alike last and in history (Qwen2.5 forced per turn), the same texts are cut out of
+one render of the whole record (`cut_texts`): allowed only for templates on which it gives exactly `turn_texts`'
+texts on the whole battery (`check.turn_cut_ok`, decided once per template), and per record only when the checks
+of the one-render header path pass (else the record is rendered per turn). Its contexts and targets, all slices
+of that one render, are tokenized from one encoding of it (`encode.ids_of_slices`), cut only where the tokenizer
+itself cuts (at added tokens): the same ids as encoding each apart.
+
 `render_samples(records, tokenizer, prompt_format, turns)` is the build's entry point: one list of samples per
 record (joint: one sample), or the RenderError. `turns="auto"` is joint where the template is prefix-stable
 (`template_turns`, decided once per template on the battery), per-turn otherwise, and per-turn for a record the
@@ -31,13 +39,15 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
+
 from ..trajectory import Trajectory
-from .encode import encode_masked, ids_by_segments
+from .encode import encode_masked, ids_by_segments, ids_of_slices
 from .errors import RenderError
 from .mask import Rendered, prepare_record, render_batch, render_with_mask
 from .options import RenderOptions
 from .shape import TemplateMessage
-from .spans import RenderContext, check_pieces, close_turn, common_prefix, group_end, render_or_raise
+from .spans import RenderContext, check_pieces, close_turn, common_prefix, group_end, render_or_raise, spans_by_header
 from .stops import kind_of
 
 TURNS = ("auto", "joint", "per-turn")
@@ -99,6 +109,32 @@ def _with_cut_thought(ctx: RenderContext, plain: list[dict], j: int, g: int, too
     return thought + close + target
 
 
+def cut_texts(ctx: RenderContext, msgs: list[TemplateMessage], tools, where: str) -> tuple[list[tuple[str, str]], str] | None:
+    """`turn_texts` cut out of one render: ((context, target) of each trained generation, the render `full`), where
+    each context is `full` up to its turn's generation header and each target the turn's span there; or None on any
+    doubt (the caller renders per turn). Only for templates that pass `check.turn_cut_ok`: on those the generation
+    prompt is the render up to the turn's header and a turn is written alike last and in history, which one render
+    cannot show. Per record: the header path's checks (`spans_by_header`: one header per assistant turn, each span
+    closed before the next header and holding its message's text), and each turn's stop token the one it ends with
+    as the last message (what the model generates)."""
+    if not ctx.header:
+        return None
+    try:
+        found = spans_by_header(ctx, msgs, tools, where)
+    except RenderError:  # a template that cannot render the whole record may still render each turn's prefixes
+        return None
+    if found is None:
+        return None
+    full, spans = found
+    for j, m in enumerate(msgs):
+        if m.trained and not m.cont:
+            g = group_end(msgs, j, where)  # (spans_by_header has checked the group)
+            calls = msgs[g].calls
+            if ctx.stops.of(kind_of(calls, g == len(msgs) - 1)) != ctx.stops.of(kind_of(calls, True)):
+                return None  # e.g. a call ends with <|eom_id|> before its result, with another token when last
+    return [(full[:s], full[s:e]) for s, e in spans], full
+
+
 def _thought_target(ctx: RenderContext, alone: str, prompt: str, history: str, parts: list[TemplateMessage],
                     kind: str, where: str) -> str:
     """The target where the generation prompt opens a thought the template does not write for a finished
@@ -152,55 +188,122 @@ def _thought_of(msg: dict, tag: str) -> str:
 
 
 def render_turns(record: Trajectory, tokenizer, prompt_format: str | None = None,
-                 options: RenderOptions | None = None) -> list[Rendered]:
+                 options: RenderOptions | None = None, exact: bool = False) -> list[Rendered]:
     """One Rendered per trained generation of `record`: text = context + target, the target's tokens trained.
-    Raises RenderError as `render_with_mask` does. Example: a 2-turn chat gives 2 samples, the second's context
-    holding the first turn as history."""
-    result = _encode_records([_texts_of(record, tokenizer, prompt_format, options)], tokenizer)[0]
+    Raises RenderError as `render_with_mask` does. `exact`: every turn rendered apart (`turn_texts`), never cut
+    out of one render; the samples are the same either way. Example: a 2-turn chat gives 2 samples, the second's
+    context holding the first turn as history."""
+    result = _encode_records([_texts_of(record, tokenizer, prompt_format, options, exact)], tokenizer)[0]
     if isinstance(result, RenderError):
         raise result
-    return result
+    return result.rendered()
+
+
+@dataclass
+class TurnTexts:
+    """A record's per-turn texts: (context, target) per trained generation, the name errors give the template, and
+    `full`, the one render every context is a prefix of (`cut_texts`), or None where each turn was rendered apart."""
+
+    pairs: list[tuple[str, str]]
+    where: str
+    full: str | None = None
+
+
+def turn_texts_of(record: Trajectory, tokenizer, prompt_format: str | None = None,
+                  options: RenderOptions | None = None, exact: bool = False) -> TurnTexts:
+    """The record's per-turn texts: cut out of one render where the template allows it (`cut_texts`) and the record
+    passes its checks, else rendered per turn (`turn_texts`; always so with `exact`). Raises RenderError."""
+    from .check import turn_cut_ok
+
+    ctx, msgs, tools, where = prepare_record(record, tokenizer, prompt_format, options)
+    cut = None if exact or not turn_cut_ok(ctx) else cut_texts(ctx, msgs, tools, where)
+    if cut is not None:
+        return TurnTexts(cut[0], where, cut[1])
+    return TurnTexts(turn_texts(ctx, msgs, tools, where), where)
 
 
 def _texts_of(record: Trajectory, tokenizer, prompt_format: str | None,
-              options: RenderOptions | None = None) -> tuple[list[tuple[str, str]], str] | RenderError:
+              options: RenderOptions | None = None, exact: bool = False) -> TurnTexts | RenderError:
     try:
-        ctx, msgs, tools, where = prepare_record(record, tokenizer, prompt_format, options)
-        return turn_texts(ctx, msgs, tools, where), where
+        return turn_texts_of(record, tokenizer, prompt_format, options, exact)
     except RenderError as e:
         return e
 
 
-def _encode_records(texts: list, tokenizer) -> list[list[Rendered] | RenderError]:
-    """Each record's (context, target) pairs tokenized, context and target apart. Contexts repeat the earlier
-    turns, so where the tokenizer allows it each piece between added tokens is encoded once (`ids_by_segments`,
-    the same ids as encoding each context whole); targets are encoded whole, with their mask."""
-    pairs = [p for t in texts if not isinstance(t, RenderError) for p in t[0]]
-    wheres = [t[1] for t in texts if not isinstance(t, RenderError) for _ in t[0]]
-    contexts = ids_by_segments(tokenizer, [c for c, _ in pairs]) if pairs else []
-    items = [(target, [(0, len(target))], where) for (_, target), where in zip(pairs, wheres)]
-    if contexts is None:  # encoded whole, every one
-        items += [(context, [], where) for (context, _), where in zip(pairs, wheres)]
-    encoded = encode_masked(tokenizer, items)
-    if contexts is None:
-        contexts = [c if isinstance(c, RenderError) else c[0] for c in encoded[len(pairs):]]
-    at = iter(zip(pairs, contexts, encoded))
-    out: list[list[Rendered] | RenderError] = []
+def _encode_records(texts: list[TurnTexts | RenderError], tokenizer) -> list[TurnSamples | RenderError]:
+    """Each record's (context, target) pairs tokenized, context and target apart, exactly as each text encoded on
+    its own: a record cut out of one render from one encoding of it (`_cut_ids`); other contexts with each piece
+    between added tokens encoded once (`ids_by_segments`: they repeat the earlier turns), other targets whole with
+    their mask (`encode_masked`)."""
+    ok = [t for t in texts if not isinstance(t, RenderError)]
+    pairs = [p for t in ok for p in t.pairs]
+    wheres = [t.where for t in ok for _ in t.pairs]
+    contexts, targets = _cut_ids(tokenizer, ok)
+    left = [i for i, c in enumerate(contexts) if c is None]
+    by_segments = ids_by_segments(tokenizer, [pairs[i][0] for i in left]) if left else []
+    if by_segments is not None:
+        for i, ids in zip(left, by_segments):
+            contexts[i] = [ids]
+        left = []  # (else the tokenizer cannot be cut at added tokens: these contexts are encoded whole)
+    whole = [i for i, g in enumerate(targets) if g is None]
+    encoded = encode_masked(tokenizer, [(pairs[i][1], [(0, len(pairs[i][1]))], wheres[i]) for i in whole]
+                            + [(pairs[i][0], [], wheres[i]) for i in left])
+    for i, g in zip(whole, encoded):
+        targets[i] = g
+    for i, c in zip(left, encoded[len(whole):]):
+        contexts[i] = c if isinstance(c, RenderError) else [c[0]]
+    at = iter(zip(contexts, targets))
+    out: list[TurnSamples | RenderError] = []
     for t in texts:
         if isinstance(t, RenderError):
             out.append(t)
             continue
-        samples: list[Rendered] | RenderError = []
-        for (context, target), c, g in (next(at) for _ in t[0]):
-            if isinstance(samples, RenderError):
-                continue
-            if isinstance(c, RenderError) or isinstance(g, RenderError):  # cannot happen with these spans; kept exact
-                samples = c if isinstance(c, RenderError) else g
-                continue
-            samples.append(Rendered(context + target, c + g[0], [0] * len(c) + g[1],
-                                    [(len(context), len(context) + len(target))]))
-        out.append(samples)
+        got = [next(at) for _ in t.pairs]
+        error = next((x for c, g in got for x in (c, g) if isinstance(x, RenderError)), None)
+        out.append(error or _turn_samples(t.pairs, got))  # (an error cannot happen with these spans; kept exact)
     return out
+
+
+def _cut_ids(tokenizer, texts: list[TurnTexts]) -> tuple[list, list]:
+    """(contexts, targets), one per pair of `texts`: for a record cut out of one render, its contexts' ids as pieces
+    to join and its targets' (ids, mask), from one encoding of that render (`ids_of_slices`); None for the others,
+    for a target whose ids do not spell its bytes (`encode_masked` places its mask), and where the tokenizer does
+    not allow cutting at added tokens."""
+    n = sum(len(t.pairs) for t in texts)
+    contexts: list = [None] * n
+    targets: list = [None] * n
+    cut = [t for t in texts if t.full is not None]
+    spans = [[span for c, g in t.pairs for span in ((0, len(c)), (len(c), len(c) + len(g)))] for t in cut]
+    sliced = iter((ids_of_slices(tokenizer, [t.full for t in cut], spans) if cut else None) or [])
+    at = 0
+    for t in texts:
+        got = next(sliced, None) if t.full is not None else None
+        if got is not None:
+            for k in range(len(t.pairs)):  # a slice: a piece encoded on its own, a view of the render's ids, a piece
+                (head, (a, b), tail, _), (t_head, (ta, tb), t_tail, spelled) = got.slices[2 * k:2 * k + 2]
+                contexts[at + k] = [head, got.ids[a:b], tail]
+                if spelled:  # then encode_masked trains every token
+                    target_ids = np.concatenate([np.array(t_head, np.int32), got.ids[ta:tb], np.array(t_tail, np.int32)])
+                    targets[at + k] = (target_ids, np.ones(len(target_ids), np.int8))
+        at += len(t.pairs)
+    return contexts, targets
+
+
+def _turn_samples(pairs: list[tuple[str, str]], got: list[tuple[list, tuple[list[int], list[int]]]]) -> TurnSamples:
+    """The samples back to back: each its context's pieces joined, then its target's ids, trained by its mask."""
+    pieces: list = []
+    lens, trained, at = [], [], 0  # each sample's length; each target's (start, mask); tokens so far
+    for context, (ids, mask) in got:
+        n = sum(map(len, context))
+        pieces += [p if isinstance(p, np.ndarray) else np.array(p, np.int32) for p in (*context, ids) if len(p)]
+        trained.append((at + n, mask))
+        lens.append(n + len(ids))
+        at += lens[-1]
+    all_ids = np.concatenate(pieces)
+    all_mask = np.zeros(at, np.int8)
+    for start, mask in trained:
+        all_mask[start:start + len(mask)] = mask
+    return TurnSamples(pairs, all_ids, all_mask, lens)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -208,11 +311,40 @@ def _encode_records(texts: list, tokenizer) -> list[list[Rendered] | RenderError
 
 
 @dataclass
-class RecordSamples:
-    """A record's training samples: its one joint render, or one per trained generation (`per_turn`)."""
+class TurnSamples:
+    """A record's samples, one per trained generation, back to back (what the build stores, samples.py): sample k
+    is `lens[k]` tokens of `ids` with their `mask` (1 on its target), after those of the samples before it; its
+    text is `pairs[k]`, context then target."""
 
-    samples: list[Rendered]
-    per_turn: bool
+    pairs: list[tuple[str, str]]
+    ids: np.ndarray  # int32
+    mask: np.ndarray  # int8
+    lens: list[int]
+
+    def rendered(self) -> list[Rendered]:
+        """The samples as `Rendered`s: text = context + target, the target's characters the trained span."""
+        out, at = [], 0
+        for (context, target), n in zip(self.pairs, self.lens):
+            out.append(Rendered(context + target, self.ids[at:at + n].tolist(), self.mask[at:at + n].tolist(),
+                                [(len(context), len(context) + len(target))]))
+            at += n
+        return out
+
+
+@dataclass
+class RecordSamples:
+    """A record's training samples: its one joint render (`joint`), or one per trained generation (`turns`)."""
+
+    joint: Rendered | None = None
+    turns: TurnSamples | None = None
+
+    @property
+    def per_turn(self) -> bool:
+        return self.turns is not None
+
+    @property
+    def samples(self) -> list[Rendered]:
+        return self.turns.rendered() if self.turns is not None else [self.joint]
 
 
 def render_samples(records: list[Trajectory], tokenizer, prompt_format: str | None = None,
@@ -231,9 +363,9 @@ def render_samples(records: list[Trajectory], tokenizer, prompt_format: str | No
                 out[i] = samples
             return out
     if turns == "joint":
-        return [r if isinstance(r, RenderError) else RecordSamples([r], False)
+        return [r if isinstance(r, RenderError) else RecordSamples(joint=r)
                 for r in render_batch(records, tokenizer, prompt_format, options)]
-    return [r if isinstance(r, RenderError) else RecordSamples(r, True)
+    return [r if isinstance(r, RenderError) else RecordSamples(turns=r)
             for r in _encode_records([_texts_of(r, tokenizer, prompt_format, options) for r in records], tokenizer)]
 
 

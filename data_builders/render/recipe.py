@@ -1,8 +1,9 @@
 """The rendering recipe: everything that decides how a record becomes text, from build to serve.
 
 `trajtune build` writes it into manifest.json (`"recipe"`), `train` copies it into the export's trajtune.json,
-and the export's `chat_template` renders tools and calls the way training did (`export_chat_template`: with a
-prompt format, the format is written into the template), so `apply_chat_template`, vLLM and trajtune's own
+and the export's `chat_template` renders tools and calls the way training did (`export_chat_template`: the
+prompt format and the profile's reshapings written in front of the template where the template alone would not
+give the build's text for a client's messages), so `apply_chat_template`, vLLM and trajtune's own
 chat / serve / eval / `hf:` policy prompt the model as it was trained. The generation engine reads it back with
 `load_recipe(model_dir)`.
 
@@ -27,8 +28,6 @@ from typing import Any
 from ..errors import TrajtuneError
 
 RECIPE_VERSION = 1
-# Prompt formats whose rewrite of the messages `export_chat_template` can write into a chat template.
-EXPORTABLE_FORMATS = ("tool-prompt", "react", "chatglm3")
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,8 @@ def export_chat_template(tokenizer, recipe: RenderRecipe) -> str:
     base = tokenizer.chat_template
     if recipe.prompt_format == "chatglm3":  # the format's own whole template, after the prelude's rewrite
         base = format_template("chatglm3")
+    if not isinstance(base, str) or not base:
+        return base  # no template, or several named ones: the build rendered with none of them (render.mask)
     p = profile_template(base, tuple(sorted({**special_kwargs(tokenizer), **recipe.template_kwargs}.items())))
     if recipe.prompt_format is None and recipe.reasoning != "inline" and renders_as_built(tokenizer, base, recipe):
         return base

@@ -20,6 +20,27 @@ def fixtures_dir() -> Path:
     return FIXTURES
 
 
+@pytest.fixture(scope="session")
+def converted_fixtures(tmp_path_factory) -> Path:
+    """The public dataset fixtures converted once, through the CLI, to one canonical agent.jsonl (read-only)."""
+    from trajtune.launcher.cli import main
+
+    d = tmp_path_factory.mktemp("converted")
+    inputs = sorted(str(p) for p in (FIXTURES / "datasets").glob("*.json*"))
+    assert main(["convert", *inputs, "--from", "auto", "--out", str(d / "agent.jsonl"),
+                 "--quarantine", str(d / "quarantine.jsonl")]) == 0
+    return d / "agent.jsonl"
+
+
+def read_records(path: Path) -> list[dict]:
+    """The validated records of a canonical JSONL file (a fresh list each call: callers may change them)."""
+    import json
+
+    from trajtune.data_builders.trajectory import validate_record
+
+    return [validate_record(json.loads(line)) for line in path.read_text().splitlines()]
+
+
 def run_oracle(env, task) -> list[dict]:
     """The messages of one episode of `task` acted by the environment's own oracle, the loop of envs/base.py."""
     messages = env.reset(task)

@@ -12,25 +12,21 @@ import json
 from collections import Counter
 
 import pytest
-from conftest import FIXTURES, ROOT
+from conftest import ROOT, read_records
 from datasets import load_from_disk
 
 from trajtune.data_builders.pack import IGNORE_INDEX
 from trajtune.data_builders.render.per_turn import render_turns
 from trajtune.data_builders.tokenizer import load_tokenizer
-from trajtune.data_builders.trajectory import validate_record
 from trajtune.launcher.cli import main
 
 QWQ = ROOT / "tests" / "templates" / "qwq-32b.jinja"
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
+def corpus(tmp_path_factory, converted_fixtures):
     d = tmp_path_factory.mktemp("turns")
-    inputs = sorted(str(p) for p in (FIXTURES / "datasets").glob("*.json*"))
-    assert main(["convert", *inputs, "--from", "auto", "--out", str(d / "agent.jsonl"),
-                 "--quarantine", str(d / "quarantine.jsonl")]) == 0
-    records = [validate_record(json.loads(line)) for line in (d / "agent.jsonl").read_text().splitlines()]
+    records = read_records(converted_fixtures)
     tok = load_tokenizer(None, QWQ)
     samples = {}  # record id -> its per-turn samples as packed: (input_ids, labels)
     for r in records:
@@ -42,7 +38,7 @@ def corpus(tmp_path_factory):
                                                                          zip(s.input_ids[1:], s.loss_mask[1:])]))
                             for s in turns]
     longest = max(len(ids) for v in samples.values() for ids, _ in v)
-    return {"dir": d, "data": d / "agent.jsonl", "records": records, "samples": samples, "tok": tok,
+    return {"dir": d, "data": converted_fixtures, "records": records, "samples": samples, "tok": tok,
             "seq_len": str(longest)}
 
 

@@ -12,13 +12,19 @@ import copy
 import json
 
 import pytest
-from conftest import FIXTURES, ROOT, TEMPLATES
+from conftest import ROOT, TEMPLATES, read_records
 from transformers import AutoTokenizer
 
 from trajtune.data_builders.errors import TrajtuneError
 from trajtune.data_builders.render import render_with_mask
 from trajtune.data_builders.render.options import RenderOptions
-from trajtune.data_builders.render.recipe import RenderRecipe, build_recipe, export_chat_template, load_recipe
+from trajtune.data_builders.render.recipe import (
+    RenderRecipe,
+    build_recipe,
+    client_messages,
+    export_chat_template,
+    load_recipe,
+)
 from trajtune.data_builders.tokenizer import load_tokenizer
 from trajtune.data_builders.trajectory import validate_record
 from trajtune.launcher.cli import main
@@ -26,26 +32,17 @@ from trajtune.launcher.cli import main
 LLAMA2 = TEMPLATES / "llama-2-chat.jinja"
 
 
-def inference_messages(record: dict) -> list[dict]:
-    """The record's messages as a client sends them (OpenAI format): no trajtune `loss` flags."""
-    return [{k: v for k, v in m.items() if k != "loss"} for m in record["messages"]]
-
-
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
+def pipeline(tmp_path_factory, converted_fixtures):
     d = tmp_path_factory.mktemp("recipe")
-    inputs = sorted(str(p) for p in (FIXTURES / "datasets").glob("*.json*"))
-    assert main(["convert", *inputs, "--from", "auto", "--out", str(d / "agent.jsonl"),
-                 "--quarantine", str(d / "quarantine.jsonl")]) == 0
-    assert main(["build", "--data", str(d / "agent.jsonl"), "--template", str(LLAMA2), "--prompt-format", "tool-prompt",
+    assert main(["build", "--data", str(converted_fixtures), "--template", str(LLAMA2), "--prompt-format", "tool-prompt",
                  "--seq-len", "8192", "--out", str(d / "built"), "--cache-dir", str(d / "cache")]) == 0
     assert main(["tiny-model", "--tokenizer", str(d / "built" / "tokenizer"), "--out", str(d / "tiny"), "--hidden", "16",
                  "--layers", "1", "--heads", "2", "--max-positions", "8192"]) == 0
     assert main(["train", f"model={d / 'tiny'}", f"data={d / 'built'}", f"output_dir={d / 'run'}", "engine=torch",
                  "bf16=false", "micro_batch_size=1", "global_batch_size=1", "max_steps=1", "save_steps=0",
                  "report_to=none", "attn=sdpa"]) == 0
-    records = [validate_record(json.loads(line)) for line in (d / "agent.jsonl").read_text().splitlines()]
-    return {"dir": d, "records": records, "final": d / "run" / "final"}
+    return {"dir": d, "records": read_records(converted_fixtures), "final": d / "run" / "final"}
 
 
 def test_manifest_and_export_carry_the_recipe(pipeline):
@@ -67,7 +64,7 @@ def test_exported_chat_template_renders_what_training_rendered(pipeline):
             want = render_with_mask(copy.deepcopy(record), built, "tool-prompt").text
         except TrajtuneError:
             continue
-        got = exported.apply_chat_template(inference_messages(record), tools=record.get("tools") or None, tokenize=False)
+        got = exported.apply_chat_template(client_messages(record), tools=record.get("tools") or None, tokenize=False)
         assert got == want, record["id"]
         checked += 1
     assert checked >= 20 and any(r.get("tools") for r in pipeline["records"])
@@ -97,10 +94,10 @@ def test_combined_template_equals_the_build_on_parallel_calls_and_rounds(templat
     assert want.count("Two cities, two calls.") == 1
     exported = load_tokenizer(None, TEMPLATES / template)
     exported.chat_template = export_chat_template(tok, build_recipe(tok, fmt, "joint"))
-    assert exported.apply_chat_template(inference_messages(record), tools=tools, tokenize=False) == want
+    assert exported.apply_chat_template(client_messages(record), tools=tools, tokenize=False) == want
     # At inference the prompt is the conversation so far plus the generation prompt: the same text the
     # template gives the build's records, up to the turn the model writes next.
-    prompt = exported.apply_chat_template(inference_messages(record)[:-1], tools=tools, tokenize=False,
+    prompt = exported.apply_chat_template(client_messages(record)[:-1], tools=tools, tokenize=False,
                                           add_generation_prompt=True)
     assert want.startswith(prompt) and "10:00." not in prompt
 
@@ -131,7 +128,7 @@ def test_a_system_fold_is_written_into_the_exported_template(path):
     assert "system_into_first_user" in recipe.folds
     exported = load_tokenizer(None, path)
     exported.chat_template = export_chat_template(tok, recipe)
-    assert exported.apply_chat_template(inference_messages(record), tokenize=False) == want
+    assert exported.apply_chat_template(client_messages(record), tokenize=False) == want
     assert "SYSX1" in want
 
 
@@ -154,9 +151,9 @@ def test_reasoning_written_inline_is_written_by_the_exported_template(path):
     assert build_recipe(tok, None, "joint", RenderOptions(reasoning="drop")).reasoning == "drop"
     exported = load_tokenizer(None, path)
     exported.chat_template = export_chat_template(tok, recipe)
-    assert exported.apply_chat_template(inference_messages(record), tokenize=False) == r.text
+    assert exported.apply_chat_template(client_messages(record), tokenize=False) == r.text
     # The template alone drops the reasoning.
-    assert "RSNX1" not in tok.apply_chat_template(inference_messages(record)[1:], tokenize=False)
+    assert "RSNX1" not in tok.apply_chat_template(client_messages(record)[1:], tokenize=False)
 
 
 def test_a_template_with_its_own_place_for_reasoning_keeps_it():
@@ -168,7 +165,7 @@ def test_a_template_with_its_own_place_for_reasoning_keeps_it():
                                                       {"role": "assistant", "content": "4.", "reasoning_content": "RSNX1"}]})
     exported = load_tokenizer(None, TEMPLATES / "qwen3.jinja")
     exported.chat_template = export_chat_template(tok, recipe)
-    assert exported.apply_chat_template(inference_messages(record), tokenize=False) == render_with_mask(record, tok).text
+    assert exported.apply_chat_template(client_messages(record), tokenize=False) == render_with_mask(record, tok).text
 
 
 def test_a_template_that_renders_client_messages_as_built_ships_as_it_is():
@@ -211,7 +208,6 @@ def test_every_exported_template_renders_client_messages_as_the_build_did():
 
     from trajtune.data_builders.render import RenderError
     from trajtune.data_builders.render.prompt_formats import resolve_prompt_format
-    from trajtune.data_builders.render.recipe import client_messages
 
     checked, wrong = 0, []
     for path in tb.corpus_paths():
@@ -242,7 +238,6 @@ def test_every_exported_template_prompts_as_the_per_turn_samples_were_trained():
     from trajtune.data_builders.render import RenderError
     from trajtune.data_builders.render.per_turn import render_turns
     from trajtune.data_builders.render.prompt_formats import resolve_prompt_format
-    from trajtune.data_builders.render.recipe import client_messages
 
     checked, wrong = 0, []
     for path in tb.corpus_paths():
@@ -288,15 +283,15 @@ def test_the_chatglm3_format_is_written_into_the_exported_template():
     recipe = build_recipe(tok, "chatglm3", "joint")
     exported = load_tokenizer(None, TEMPLATES / "chatglm3-6b.jinja")
     exported.chat_template = export_chat_template(tok, recipe)
-    got = exported.apply_chat_template(inference_messages(record), tools=tools, tokenize=False)
+    got = exported.apply_chat_template(client_messages(record), tools=tools, tokenize=False)
     # ChatGLM3 ends a turn with the next role token: the build appends it after the last turn, which the
     # template leaves open.
     assert want.startswith(got) and want[len(got):] in recipe.stop_tokens
     assert 'tool_call(city="Beijing", **{"n-days": 2})' in got and want.count("Two cities.") == 1
-    prompt = exported.apply_chat_template(inference_messages(record)[:-1], tools=tools, tokenize=False,
+    prompt = exported.apply_chat_template(client_messages(record)[:-1], tools=tools, tokenize=False,
                                           add_generation_prompt=True)
     assert want.startswith(prompt) and "26 and 18." not in prompt
     with pytest.raises(Exception, match="arguments as an object"):  # a JSON string cannot become Python literals
-        exported.apply_chat_template([*inference_messages(record)[:2], {"role": "assistant", "tool_calls": [
+        exported.apply_chat_template([*client_messages(record)[:2], {"role": "assistant", "tool_calls": [
             {"id": "c", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'}}]}],
             tools=tools, tokenize=False)

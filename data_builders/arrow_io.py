@@ -1,5 +1,5 @@
-"""Mechanics of the build's data files: the cached line-run index of a JSONL file, Arrow list columns, and reading
-the `datasets.map` cache files by offset.
+"""Mechanics of the build's data files: the cached line-run index of a JSONL file, Arrow list columns, reading
+the `datasets.map` cache files by offset, and the memory and file helpers around them.
 
 Why by offset: packs gather samples from all over the cache files, and every page fault of a memory map maps up to
 64 KB around the page touched, so reading through maps brings whole files into RSS. Everything here reads with
@@ -9,7 +9,10 @@ except a few NumPy arrays (`CacheFiles`). `build.py` calls these as steps; it ne
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import itertools
+import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +93,29 @@ def release_free_memory() -> None:
     libc = ctypes.util.find_library("c")
     if libc and hasattr(ctypes.CDLL(libc), "malloc_trim"):  # glibc only; elsewhere the allocator keeps it
         ctypes.CDLL(libc).malloc_trim(0)
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """The cyclic garbage collector off for one batch: the batch allocates thousands of token lists that live until
+    its table is built (a per-turn record ~4x a joint one's tokens), and each collection would walk them all again
+    (a fifth of a per-turn build). They hold no reference cycles: reference counting frees them all the same."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def file_mentions(path: str, needle: bytes) -> bool:
+    """Whether the file's bytes hold `needle` (a scan that stops at the first hit: far cheaper than rendering)."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return False
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            return m.find(needle) >= 0
 
 
 @dataclass

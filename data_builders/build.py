@@ -29,9 +29,7 @@ Output (read by the trainer; do not change without it):
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
-import gc
 import hashlib
 import json
 import os
@@ -174,24 +172,10 @@ def _process_chunks(batch: dict[str, list], job: RecordJob, path: str):
             numbers, starts, ends = split_lines(buf, first)
             for i in range(0, len(numbers), BATCH):
                 raws = [buf[s:e].rstrip(b"\r\n") for s, e in zip(starts[i:i + BATCH].tolist(), ends[i:i + BATCH].tolist())]
-                with _gc_paused():
+                with arrow_io.gc_paused():
                     tables.append(_rows_table(process_records(raws, job), numbers[i:i + BATCH]))
                 add_done(len(raws))
     return pa.concat_tables(tables) if tables else _features().arrow_schema.empty_table()
-
-
-@contextlib.contextmanager
-def _gc_paused():
-    """The cyclic garbage collector off for one batch: the batch allocates thousands of token lists that live until
-    its table is built (a per-turn record ~4x a joint one's tokens), and each collection would walk them all again
-    (a fifth of a per-turn build). They hold no reference cycles: reference counting frees them all the same."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
 
 
 def _rows_table(rows: list[dict[str, Any]], lines: np.ndarray):
@@ -228,17 +212,6 @@ def tokenizer_hash(tokenizer: Any) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     body = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
     return _hash(body, tokenizer.chat_template, getattr(tokenizer, "all_special_tokens", []))[:16]
-
-
-def _mentions(path: str, needle: bytes) -> bool:
-    """Whether the file's bytes hold `needle` (a scan that stops at the first hit: far cheaper than rendering)."""
-    import mmap
-
-    with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            return False
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            return m.find(needle) >= 0
 
 
 def _code_hash(here: Path | None = None) -> str:
@@ -332,7 +305,7 @@ def build(cfg: BuildConfig, log=print) -> dict[str, Any]:
     prompt_format = resolve_prompt_format(tok, cfg.prompt_format, options)
     if note := announce_prompt_format(tok, cfg.prompt_format, options):
         print(f"build: {note}", file=sys.stderr)
-    reasoning_seen = any(_mentions(s.path, b'"reasoning_content"') for s in specs)
+    reasoning_seen = any(arrow_io.file_mentions(s.path, b'"reasoning_content"') for s in specs)
     if reasoning_seen and (note := reasoning_notice(tok, prompt_format, options)):
         print(f"build: {note}", file=sys.stderr)
     job = RecordJob(tok, cfg.prompt_format, cfg.seq_len, cfg.overlong, cfg.dedup, decontam, options, cfg.turns)
